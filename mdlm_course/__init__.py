@@ -1,0 +1,17 @@
+"""mdlm_course: masked diffusion language models from scratch.
+
+Read the modules in this order: tokenizer -> model -> diffusion -> sampling -> train -> evaluate.
+"""
+from __future__ import annotations
+
+import os
+
+__version__ = "0.1.0"
+
+# Quick mode: tiny configs and few steps, so that CI can execute every notebook in minutes.
+QUICK = os.environ.get("MDLM_COURSE_QUICK", "") not in ("", "0")
+
+from .device import get_device  # noqa: E402
+from .data import load_text, split_text, DataError  # noqa: E402
+
+__all__ = ["QUICK", "get_device", "load_text", "split_text", "DataError"]

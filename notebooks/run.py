@@ -1,0 +1,56 @@
+"""Execute notebooks top to bottom with nbclient.
+
+    python notebooks/run.py --quick 01_tokenizer.ipynb     # what the tests do (MDLM_COURSE_QUICK=1)
+    python notebooks/run.py --inplace notebooks/*.ipynb    # a real run; saves the outputs (make notebooks)
+
+Each notebook runs with its own folder as the working directory, as in JupyterLab.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+HERE = Path(__file__).resolve().parent
+
+
+def run_notebook(path: str | Path, *, quick: bool, inplace: bool = False, timeout: int = 1800):
+    """Run one notebook; raise nbclient's CellExecutionError (with the cell and traceback) on failure."""
+    path = Path(path).resolve()
+    nb = nbformat.read(path, as_version=4)
+    env_before = os.environ.get("MDLM_COURSE_QUICK")
+    os.environ["MDLM_COURSE_QUICK"] = "1" if quick else "0"
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    try:
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}})
+        client.execute()
+    finally:
+        if env_before is None:
+            os.environ.pop("MDLM_COURSE_QUICK", None)
+        else:
+            os.environ["MDLM_COURSE_QUICK"] = env_before
+    if inplace:
+        nbformat.write(nb, path)
+    return nb
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("notebooks", nargs="+")
+    ap.add_argument("--quick", action="store_true", help="set MDLM_COURSE_QUICK=1 (tiny configs)")
+    ap.add_argument("--inplace", action="store_true", help="save the executed notebook over the input")
+    args = ap.parse_args()
+    for nb in args.notebooks:
+        t0 = time.time()
+        run_notebook(nb, quick=args.quick, inplace=args.inplace)
+        print(f"{nb}: ok in {time.time() - t0:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
