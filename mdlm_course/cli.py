@@ -56,10 +56,37 @@ def cmd_doctor(args) -> int:
     return 0 if ok else 1
 
 
-def cmd_demo(args) -> int:
-    from .demo import run_demo
+def demo_tokenizer(quick: bool = False):
+    """Chapter 1 in one screen: train BPE on the corpus (progress bar), then show how text is cut."""
+    from .data import DEFAULT_CORPUS, load_text, split_text
+    from .tokenizer import BPETokenizer, show_split
 
-    return run_demo(quick=args.quick)
+    text = load_text(DEFAULT_CORPUS)
+    train_text, val_text = split_text(text)
+    vocab_size = 512 if quick else 4096
+    if quick:
+        train_text = train_text[:200_000]
+    print(f"Training a byte-level BPE tokenizer on {DEFAULT_CORPUS.name} "
+          f"({len(train_text.encode()) / 1e6:.1f} MB of the train split) to vocab_size={vocab_size} ...")
+    tok = BPETokenizer.train(train_text, vocab_size)
+    print(tok)
+    for sentence in ["To be, or not to be: that is the question.",
+                     "Now is the winter of our discontent",
+                     "Diffusion models 🤖 write 漢字 too"]:
+        print(f"\n  {sentence!r}\n  -> {show_split(tok, sentence, sep=' | ')}")
+    ids = tok.encode(val_text)
+    print(f"\nOn the validation split (last 5%): {len(val_text.encode()) / len(ids):.2f} bytes per token.")
+    print(f"[MASK] is id {tok.mask_id}; the text \"[MASK]\" encodes to ordinary tokens "
+          f"{tok.encode('[MASK]')}, never to {tok.mask_id}.")
+    return tok
+
+
+def cmd_demo(args) -> int:
+    import os
+
+    quick = args.quick or os.environ.get("MDLM_COURSE_QUICK", "") not in ("", "0")
+    demo_tokenizer(quick=quick)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,8 +24,10 @@ def run_notebook(path: str | Path, *, quick: bool, inplace: bool = False, timeou
     path = Path(path).resolve()
     nb = nbformat.read(path, as_version=4)
     env_before = os.environ.get("MDLM_COURSE_QUICK")
-    os.environ["MDLM_COURSE_QUICK"] = "1" if quick else "0"
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    if quick:
+        os.environ["MDLM_COURSE_QUICK"] = "1"
+    else:
+        os.environ.pop("MDLM_COURSE_QUICK", None)
     try:
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                 resources={"metadata": {"path": str(path.parent)}})
