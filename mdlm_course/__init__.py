@@ -13,5 +13,17 @@ QUICK = os.environ.get("MDLM_COURSE_QUICK", "") not in ("", "0")
 
 from .device import get_device  # noqa: E402
 from .data import load_text, split_text, DataError  # noqa: E402
+from .tokenizer import BPETokenizer  # noqa: E402
+from .model import ModelConfig, MDLM, PRESETS  # noqa: E402
+from .diffusion import (  # noqa: E402
+    Schedule, LogLinearSchedule, CosineSchedule, SCHEDULES, get_schedule,
+    q_sample, subs_log_probs, nelbo, nelbo_terms, discrete_elbo,
+)
+from .sampling import sample, denoise  # noqa: E402
+from .checkpoint import load_pretrained  # noqa: E402
+from .train import TrainConfig, train  # noqa: E402
 
-__all__ = ["QUICK", "get_device", "load_text", "split_text", "DataError"]
+__all__ = ["QUICK", "get_device", "load_text", "split_text", "DataError", "BPETokenizer",
+           "ModelConfig", "MDLM", "PRESETS", "Schedule", "LogLinearSchedule", "CosineSchedule", "SCHEDULES",
+           "get_schedule", "q_sample", "subs_log_probs", "nelbo", "nelbo_terms", "discrete_elbo",
+           "load_pretrained", "TrainConfig", "train", "sample", "denoise"]

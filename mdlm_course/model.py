@@ -1,0 +1,312 @@
+"""The denoiser: a pre-norm transformer that sees the whole sequence at once (no causal mask).
+
+    h_0     = E[x_t]                                          token embedding, (B, L, d)
+    h      += Attn(RMSNorm(h))                                for each of the n_layer blocks
+    h      += SwiGLU(RMSNorm(h))
+    logits  = W_out RMSNorm(h)                                (B, L, V)
+
+    RMSNorm(x)   = x / sqrt(mean(x^2) + eps) * g             (g: a learned weight, no bias)
+    SwiGLU(x)    = W_2 (silu(W_1 x) * (W_3 x))               hidden size ~ 8/3 d, a multiple of 64
+    Attn(x)      = softmax(q k^T / sqrt(d_head)) v  per head, with RoPE applied to q and k
+    RoPE         rotates each pair (x_j, x_{j+d/2}) of q and k at position m by the angle m * theta_j,
+                 theta_j = base^(-2j / d_head), so that q_m . k_n depends on m - n only.
+
+The model knows nothing of diffusion: it maps token ids to raw logits over the full vocabulary
+(the SUBS parameterisation that removes [MASK] lives in `diffusion.py`). With `causal=True` the
+same backbone is an autoregressive transformer (the AR twin of chapter 7).
+
+Time conditioning (`time_conditioning=True`, off by default) is an ablation: a sinusoidal embedding
+of t feeds adaLN modulation, norm(h) * (1 + scale(t)) + shift(t) and h + (1 + gate(t)) * branch.
+The modulation layers start at zero, so at initialisation the model equals the unconditioned one.
+MDLM does not need it: under absorbing diffusion the best denoiser p(x_0 | x_t) does not depend on t
+(notebook 03). A time-conditioned model changes its output when t changes even if x_t does not, so
+the caching sampler must be disabled for it (`model.time_conditioned`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 4096          # tokenizer vocabulary, incl. the [MASK] token
+    seq_len: int = 256              # tokens per window; the RoPE tables are built for this length
+    n_layer: int = 6                # transformer blocks
+    n_head: int = 4                 # attention heads; d_model must divide by n_head
+    d_model: int = 256              # width of the residual stream
+    dropout: float = 0.0            # on attention weights and residual branches (0: none)
+    tie_embeddings: bool = False    # share the output head with the token embedding
+    time_conditioning: bool = False  # adaLN from a sinusoidal embedding of t (an ablation)
+    causal: bool = False            # True: autoregressive mask (the AR twin); False: bidirectional
+    rope_base: float = 10000.0      # RoPE base: the slowest pair turns once per ~2*pi*base tokens
+    cond_dim: int = 128             # width of the time embedding (only with time_conditioning)
+    norm_eps: float = 1e-6          # RMSNorm epsilon
+
+    def __post_init__(self):
+        for name in ("vocab_size", "seq_len", "n_layer", "n_head", "d_model", "cond_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        if (self.d_model // self.n_head) % 2:
+            raise ValueError(f"head size d_model/n_head={self.d_model // self.n_head} must be even for RoPE")
+        if self.cond_dim % 2:
+            raise ValueError(f"cond_dim={self.cond_dim} must be even (sinusoidal features come in cos/sin pairs)")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def d_hidden(self) -> int:
+        """SwiGLU hidden size: 8/3 d rounded up to a multiple of 64.  d_model=256 -> 704"""
+        return 64 * math.ceil(8 * self.d_model / 3 / 64)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ModelConfig":
+        """ModelConfig.preset("cpu", vocab_size=tok.vocab_size) -> the "cpu" preset with overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")
+        bad = set(overrides) - set(asdict(PRESETS[name]))
+        if bad:
+            raise ValueError(f"unknown ModelConfig field(s) {sorted(bad)}")
+        return replace(PRESETS[name], **overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Parameter counts (untied head, no time conditioning; tests/test_model.py checks them):
+#   tiny:   0.17 M  (2 x 64, vocab 512, T=64)       tests and quick mode, seconds on a CPU
+#   cpu:    6.92 M  (6 x 256, vocab 4096, T=256)    a laptop CPU, well under an hour
+#   gpu:   40.51 M  (10 x 512, vocab 8192, T=512)   one GPU, minutes
+PRESETS = {
+    "tiny": ModelConfig(vocab_size=512, seq_len=64, n_layer=2, n_head=2, d_model=64),
+    "cpu": ModelConfig(vocab_size=4096, seq_len=256, n_layer=6, n_head=4, d_model=256),
+    "gpu": ModelConfig(vocab_size=8192, seq_len=512, n_layer=10, n_head=8, d_model=512),
+}
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, over the last dimension. No mean subtraction, no bias."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # at least float32, even under autocast: mean(x^2) of a bf16 tensor loses digits
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)     # (..., dim)
+        return (normed * self.weight.to(xf.dtype)).to(x.dtype)
+
+
+class SwiGLU(nn.Module):
+    """W_2 (silu(W_1 x) * (W_3 x)): a gated MLP, d -> d_hidden -> d."""
+
+    def __init__(self, d_model: int, d_hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.w1 = nn.Linear(d_model, d_hidden, bias=False)   # gate
+        self.w3 = nn.Linear(d_model, d_hidden, bias=False)   # value
+        self.w2 = nn.Linear(d_hidden, d_model, bias=False)   # back to the residual stream
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+def rope_tables(seq_len: int, d_head: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the angles m * theta_j, each (seq_len, d_head // 2), theta_j = base^(-2j/d_head)."""
+    theta = base ** (-torch.arange(0, d_head, 2, dtype=torch.float64) / d_head)   # (d_head/2,)
+    angles = torch.arange(seq_len, dtype=torch.float64)[:, None] * theta[None]    # (T, d_head/2)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the pairs (x_j, x_{j + d/2}) of x (B, H, L, d) by the angles of positions 0..L-1.
+
+    [x1, x2] -> [x1 cos - x2 sin, x1 sin + x2 cos]: a rotation, so |x| is unchanged and the dot
+    product of a query at m with a key at n depends only on m - n.
+    """
+    L, half = x.shape[-2], x.shape[-1] // 2
+    cos, sin = cos[:L].to(x.dtype), sin[:L].to(x.dtype)            # (L, d/2)
+    x1, x2 = x[..., :half], x[..., half:]                          # (B, H, L, d/2) each
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with RoPE, through F.scaled_dot_product_attention."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head, self.d_head, self.causal = config.n_head, config.d_head, config.causal
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def _qkv(self, x, cos, sin):
+        B, L, d = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_head, self.d_head).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, dh)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, L, d = x.shape
+        q, k, v = self._qkv(x, cos, sin)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0
+        )                                                           # (B, H, L, dh)
+        y = y.transpose(1, 2).reshape(B, L, d)                      # (B, L, d)
+        return self.resid_dropout(self.proj(y))
+
+    def attention_probs(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """The attention weights softmax(q k^T / sqrt(dh)) (B, H, L, L), written out (for pictures).
+
+        forward() never builds this matrix; tests check that attention_probs @ v gives the same output.
+        """
+        q, k, _ = self._qkv(x, cos, sin)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_head)  # (B, H, L, L)
+        if self.causal:
+            L = x.shape[1]
+            future = torch.ones(L, L, dtype=torch.bool, device=x.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        return scores.softmax(-1)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features of t in [0, 1] (B,) -> (B, dim): [cos(1000 t w_j), sin(1000 t w_j)]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]               # (B, dim/2)
+    return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+class Block(nn.Module):
+    """Pre-norm block: h + Attn(norm(h)), then h + MLP(norm(h)); adaLN-modulated if conditioned."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.norm1 = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = Attention(config)
+        self.norm2 = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = SwiGLU(config.d_model, config.d_hidden, config.dropout)
+        # adaLN: (shift, scale, gate) for the attention and the MLP branch, zero at initialisation
+        self.modulation = nn.Linear(config.cond_dim, 6 * config.d_model) if config.time_conditioning else None
+
+    def forward(self, h, cos, sin, cond=None):
+        if self.modulation is None:
+            h = h + self.attn(self.norm1(h), cos, sin)
+            return h + self.mlp(self.norm2(h))
+        mods = self.modulation(cond)[:, None, :].chunk(6, dim=-1)  # 6 x (B, 1, d)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mods
+        h = h + (1 + gate1) * self.attn(self.norm1(h) * (1 + scale1) + shift1, cos, sin)
+        return h + (1 + gate2) * self.mlp(self.norm2(h) * (1 + scale2) + shift2)
+
+
+class MDLM(nn.Module):
+    """The transformer denoiser.  MDLM(ModelConfig.preset("tiny"))(xt, t) -> logits (B, L, V)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_f = RMSNorm(config.d_model, config.norm_eps)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.time_conditioning:
+            self.time_mlp = nn.Sequential(
+                nn.Linear(config.cond_dim, config.cond_dim), nn.SiLU(), nn.Linear(config.cond_dim, config.cond_dim),
+                nn.SiLU(),
+            )
+            self.final_modulation = nn.Linear(config.cond_dim, 2 * config.d_model)   # shift, scale
+        cos, sin = rope_tables(config.seq_len, config.d_head, config.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)    # (T, d_head/2), rebuilt, never saved
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for block in self.blocks:   # residual projections: std 0.02 / sqrt(2 n_layer), GPT-2 style,
+            for w in (block.attn.proj.weight, block.mlp.w2.weight):  # so the stream's variance stays put
+                nn.init.normal_(w, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+            if block.modulation is not None:
+                nn.init.zeros_(block.modulation.weight)
+                nn.init.zeros_(block.modulation.bias)
+        if config.time_conditioning:
+            nn.init.zeros_(self.final_modulation.weight)
+            nn.init.zeros_(self.final_modulation.bias)
+        if config.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    @property
+    def time_conditioned(self) -> bool:
+        """True if the output depends on t as well as x_t (then a sampler may not cache logits)."""
+        return self.config.time_conditioning
+
+    def forward(self, xt: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids xt (B, L), L <= seq_len, and times t (B,) -> raw logits (B, L, V).
+
+        t is ignored unless config.time_conditioning, which requires it.
+        """
+        if xt.dim() != 2 or xt.dtype not in (torch.long, torch.int32, torch.int64):
+            raise ValueError(f"xt must be integer token ids of shape (B, L), got {tuple(xt.shape)} {xt.dtype}")
+        B, L = xt.shape
+        if L > self.config.seq_len:
+            raise ValueError(
+                f"sequence length {L} exceeds config.seq_len={self.config.seq_len} (the RoPE tables' size); "
+                "use shorter windows or build the model with a larger seq_len"
+            )
+        h = self.drop(self.tok_emb(xt))                             # (B, L, d)
+        cond = None
+        if self.config.time_conditioning:
+            if t is None:
+                raise ValueError("this model has time_conditioning=True, so forward(xt, t) needs t (B,)")
+            t = torch.as_tensor(t, device=xt.device, dtype=torch.float32).expand(B)   # (B,)
+            cond = self.time_mlp(timestep_embedding(t, self.config.cond_dim))        # (B, cond_dim)
+        for block in self.blocks:
+            h = block(h, self.rope_cos, self.rope_sin, cond)       # (B, L, d)
+        h = self.norm_f(h)
+        if cond is not None:
+            shift, scale = self.final_modulation(cond)[:, None, :].chunk(2, dim=-1)   # (B, 1, d) each
+            h = h * (1 + scale) + shift
+        return self.head(h)                                         # (B, L, V)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Number of parameters (a tied head counts once). non_embedding: leave out embedding and head."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.head.weight.numel()
+        return n
+
+    def param_counts(self) -> dict[str, int]:
+        """Parameters by component: embedding, attention, mlp, norms, time_conditioning, head."""
+        counts = {"embedding": self.tok_emb.weight.numel(), "attention": 0, "mlp": 0, "norms": 0,
+                  "time_conditioning": 0,
+                  "head": 0 if self.config.tie_embeddings else self.head.weight.numel()}
+        for name, p in self.named_parameters():
+            if ".attn." in name:
+                counts["attention"] += p.numel()
+            elif ".mlp." in name:
+                counts["mlp"] += p.numel()
+            elif "norm" in name:
+                counts["norms"] += p.numel()
+            elif "modulation" in name or name.startswith("time_mlp"):
+                counts["time_conditioning"] += p.numel()
+        assert sum(counts.values()) == self.num_params(), counts
+        return counts

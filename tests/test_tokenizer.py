@@ -1,0 +1,320 @@
+"""Byte-level BPE (mdlm_course/tokenizer.py): exact round trips, exact merges, exact tiktoken parity.
+
+What is proved here, and against what:
+  - decode(encode(s)) == s for hostile strings and for random unicode (hypothesis);
+  - the incremental trainer learns the SAME merges, in the same order, as a naive trainer written
+    below that recounts every pair of every chunk at every step (about 100 KB of Shakespeare);
+  - the tie-breaking rule (highest count, then the smallest pair (a, b)) on a hand-made text;
+  - the tiktoken fast path gives the same ids as the pure-Python path on the whole corpus;
+  - "[MASK]" typed in text never becomes the mask id unless asked for;
+  - save/load round-trips, and every kind of broken file gives a one-line TokenizerFileError.
+No test depends on timing.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import regex
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mdlm_course import BPETokenizer
+from mdlm_course.data import DEFAULT_CORPUS
+from mdlm_course.tokenizer import (
+    MASK, SPLIT_PATTERN, TokenizerFileError, merge, pre_split, show_split,
+)
+
+MULTILINGUAL = (
+    "Ünïcödé façade naïve café. 日本語のテキストと中文和한국어 텍스트. Привет, мир! Γειά σου κόσμε. "
+    "مرحبا بالعالم. שלום עולם. नमस्ते दुनिया. 😀😃👩‍👩‍👧‍👦🇫🇷👍🏽 e\u0301 123456 ∑∫√π\r\n\t"
+)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> str:
+    return DEFAULT_CORPUS.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def small_tok(corpus) -> BPETokenizer:
+    """A small tokenizer (vocab 600) that has seen English and some other scripts."""
+    return BPETokenizer.train(corpus[:50_000] + MULTILINGUAL * 20, vocab_size=600, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def corpus_tok(corpus) -> BPETokenizer:
+    """Trained once per session on the whole corpus (5 MB); 1024 keeps the suite quick, the bench does 4096."""
+    return BPETokenizer.train(corpus, vocab_size=1024, verbose=False)
+
+
+# ---------------------------------------------------------------- a naive reference trainer
+def naive_train(text: str, n_merges: int) -> list[tuple[int, int]]:
+    """The obviously correct BPE: at every step recount every adjacent pair of every chunk.
+
+    Chunks are the pre-split pieces of the text; a chunk that occurs f times is counted f times
+    (stored once with its frequency f, which only saves work). Ties: highest count, then the smallest
+    (a, b). Written independently of the package: its own counting and merging, no index, no heap.
+    """
+    freq: dict[str, int] = {}
+    for chunk in regex.findall(SPLIT_PATTERN, text):
+        freq[chunk] = freq.get(chunk, 0) + 1
+    chunks = [(list(c.encode("utf-8")), f) for c, f in freq.items()]
+    merges = []
+    for k in range(n_merges):
+        counts: dict[tuple[int, int], int] = {}
+        for ids, f in chunks:
+            for pair in zip(ids, ids[1:]):
+                counts[pair] = counts.get(pair, 0) + f
+        if not counts:
+            break
+        best = max(counts, key=lambda p: (counts[p], -p[0], -p[1]))
+        merges.append(best)
+        a, b = best
+        new_chunks = []
+        for ids, f in chunks:
+            if a not in ids:  # nothing to merge in this chunk
+                new_chunks.append((ids, f))
+                continue
+            out, i = [], 0
+            while i < len(ids):
+                if i + 1 < len(ids) and ids[i] == a and ids[i + 1] == b:
+                    out.append(256 + k)
+                    i += 2
+                else:
+                    out.append(ids[i])
+                    i += 1
+            new_chunks.append((out, f))
+        chunks = new_chunks
+    return merges
+
+
+def test_incremental_trainer_matches_naive_on_100kb(corpus):
+    text = corpus[200_000:300_000]  # 100 KB from the middle: prose, verse, speaker names
+    n_merges = 300
+    tok = BPETokenizer.train(text, vocab_size=256 + n_merges + 1, verbose=False)
+    assert tok.merges == naive_train(text, n_merges)
+
+
+def test_incremental_trainer_matches_naive_to_exhaustion():
+    """A text full of ties (few letters, random order) merged until no pair is left: every step agrees."""
+    import random
+
+    rng = random.Random(0)
+    text = " ".join("".join(rng.choice("abcé😀") for _ in range(rng.randint(1, 9))) for _ in range(400))
+    reference = naive_train(text, 10_000)
+    tok = BPETokenizer.train(text, vocab_size=256 + len(reference) + 1, verbose=False)
+    assert tok.merges == reference
+    with pytest.raises(ValueError, match=f"only supports {len(reference)} merges"):
+        BPETokenizer.train(text, vocab_size=256 + len(reference) + 2, verbose=False)
+
+
+def test_tie_break_is_highest_count_then_smallest_pair():
+    sp, c, x, y = ord(" "), ord("c"), ord("x"), ord("y")
+    # chunks "ab", " cd": (a, b), (" ", c), (c, d) tie at count 1; the smallest pair (32, 99) wins
+    tok = BPETokenizer.train("ab cd", vocab_size=256 + 1 + 1, verbose=False)
+    assert tok.merges == [(sp, c)]
+    # chunks "ab", " cd", " xy", " xy": (" ", x) and (x, y) tie at count 2, above every other pair;
+    # (32, 120) < (120, 121) goes first, then (256, y) = " x" + "y" is the only pair with count 2
+    tok = BPETokenizer.train("ab cd xy xy", vocab_size=256 + 2 + 1, verbose=False)
+    assert tok.merges == [(sp, x), (256, y)]
+
+
+def test_vocab_layout(small_tok):
+    assert small_tok.vocab_size == 256 + len(small_tok.merges) + 1 == 600
+    assert small_tok.mask_id == 599 == small_tok.special_tokens[MASK]
+    for k, (a, b) in enumerate(small_tok.merges):
+        assert small_tok.id_to_token_bytes(256 + k) == small_tok.id_to_token_bytes(a) + small_tok.id_to_token_bytes(b)
+
+
+def test_helpers_docstring_examples():
+    tok = BPETokenizer([(104, 105)])
+    assert tok._encode_chunk("hih") == [256, 104]
+    assert merge([1, 2, 3, 1, 2], (1, 2), 9) == [9, 3, 9]
+    assert merge([5, 5, 5], (5, 5), 9) == [9, 5]
+    assert pre_split("Hi there, you!") == ["Hi", " there", ",", " you", "!"]
+    assert pre_split("I'll pay 12345") == ["I", "'ll", " pay", " ", "123", "45"]
+    assert "".join(pre_split(MULTILINGUAL)) == MULTILINGUAL
+
+
+# ---------------------------------------------------------------- round trips
+HOSTILE = [
+    "", "a", " ", "\n", "\r\n", "line one\r\nline two\r\n", "   leading and trailing   ",
+    "😀", "👩‍👩‍👧‍👦", "🇫🇷🇯🇵", "👍🏽", "日本語のテキスト", "中文文本", "한국어", "e\u0301 vs \u00e9",
+    "Z\u0364\u0351\u0367\u0311a\u0308\u0356", "\x00\x01\x02\x1b[31m\x7f", "\t\x0b\x0c\x1c\x1d\x1e\x1f\x85",
+    "\u2028\u2029\u00a0\u3000", "\ufeffBOM", "\U0010ffff\ue000", "\ufffd", "a" * 10_000, " " * 1000,
+    "\n" * 500, "🙂" * 300, "[MASK]", "[MASK][MASK] [MASK]", "x[MASK]y", "[MA", "SK]", "[mask] [ MASK ]",
+    "שלום مرحبا", "I'LL 'Ve 's 're", "3.14159265358979", "∑∫√∞≠",
+]
+
+
+@pytest.mark.parametrize("s", HOSTILE, ids=range(len(HOSTILE)))
+def test_round_trip_hostile(small_tok, s):
+    ids = small_tok.encode(s)
+    assert small_tok.decode(ids) == s
+    assert small_tok.encode_fast(s) == ids
+    assert small_tok.mask_id not in ids  # "[MASK]" spelled in text is ordinary bytes
+    assert all(0 <= i < small_tok.mask_id for i in ids)
+    assert len(ids) <= len(s.encode("utf-8"))
+
+
+# no surrogates: a lone surrogate has no UTF-8 encoding (tested separately below)
+UNICODE_TEXT = st.text(st.characters(codec="utf-8"), max_size=200)
+HYPOTHESIS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@HYPOTHESIS
+@given(UNICODE_TEXT)
+def test_round_trip_random_unicode(small_tok, s):
+    ids = small_tok.encode(s)
+    assert small_tok.decode(ids) == s
+    assert small_tok.encode(small_tok.decode(ids)) == ids  # encode is canonical: re-encoding is stable
+    assert small_tok.encode_fast(s) == ids
+
+
+@HYPOTHESIS
+@given(st.lists(st.integers(0, 599), max_size=60))
+def test_decode_arbitrary_ids(small_tok, ids):
+    """Any id sequence decodes (cuts through a character become U+FFFD, [MASK] its spelling);
+    its bytes are the concatenated token bytes; and the decoded text is a fixed point of encode/decode.
+    (encode(decode(ids)) == ids is NOT true in general: many id sequences spell the same bytes.)"""
+    raw = b"".join(small_tok.id_to_token_bytes(i) for i in ids)
+    assert small_tok.decode_bytes(ids) == raw
+    text = small_tok.decode(ids)
+    assert text == raw.decode("utf-8", errors="replace")
+    assert small_tok.decode(small_tok.encode(text)) == text
+
+
+def test_decode_accepts_tensors_and_rejects_bad_ids(small_tok):
+    ids = small_tok.encode("To be, or not to be")
+    assert small_tok.decode(torch.tensor(ids)) == "To be, or not to be"
+    with pytest.raises(ValueError, match="out of range"):
+        small_tok.decode([small_tok.vocab_size])
+    with pytest.raises(ValueError, match="out of range"):
+        small_tok.decode([-1])
+
+
+def test_pickle_round_trip(small_tok):
+    small_tok.encode_fast("build the tiktoken object first")
+    tok = pickle.loads(pickle.dumps(small_tok))
+    assert tok.merges == small_tok.merges and tok.encode_fast(MULTILINGUAL) == small_tok.encode(MULTILINGUAL)
+
+
+def test_duplicate_token_bytes_cannot_go_to_tiktoken():
+    # "abc" twice: (ab, c) and (a, bc). Valid merges for encode(), but tiktoken keys tokens by bytes.
+    tok = BPETokenizer([(97, 98), (256, 99), (98, 99), (97, 258)])
+    assert tok.id_to_token_bytes(257) == tok.id_to_token_bytes(259) == b"abc"
+    assert tok.decode(tok.encode("abcabc")) == "abcabc"
+    with pytest.raises(ValueError, match="same bytes"):
+        tok.encode_fast("abc")
+
+
+def test_lone_surrogate_is_a_clear_error(small_tok):
+    for encode in (small_tok.encode, small_tok.encode_fast):
+        with pytest.raises(ValueError, match="surrogate"):
+            encode("ok \ud800 not ok")
+
+
+def test_whole_corpus_tiktoken_parity_and_round_trip(corpus, corpus_tok):
+    ids = corpus_tok.encode(corpus)
+    assert corpus_tok.encode_fast(corpus) == ids
+    assert corpus_tok.decode(ids) == corpus
+    assert corpus_tok.mask_id not in ids
+
+
+# ---------------------------------------------------------------- special tokens
+def test_mask_cannot_be_injected_by_default(small_tok):
+    mask = small_tok.mask_id
+    assert small_tok.decode([mask]) == MASK
+    for encode in (small_tok.encode, small_tok.encode_fast):
+        assert mask not in encode("a [MASK] b [MASK]")
+        ids = encode("a[MASK]b", allowed_special={MASK})
+        assert ids == small_tok.encode("a") + [mask] + small_tok.encode("b")
+        assert encode("[MASK]", allowed_special="all") == [mask]
+        with pytest.raises(ValueError, match="not special tokens"):
+            encode("x", allowed_special={"[PAD]"})
+
+
+def test_extra_special_tokens():
+    tok = BPETokenizer.train("hello hello world", vocab_size=262, special_tokens=["[PAD]", MASK], verbose=False)
+    assert tok.special_tokens == {"[PAD]": 260, MASK: 261} and tok.mask_id == 261
+    with pytest.raises(ValueError, match="must include"):
+        BPETokenizer.train("hello", vocab_size=300, special_tokens=["[PAD]"], verbose=False)
+
+
+@pytest.mark.parametrize("vocab_size", [0, 256, 100, 300.0, "4096", True])
+def test_vocab_size_too_small_or_wrong_type(vocab_size):
+    with pytest.raises(ValueError, match="vocab_size must be an int >= 257"):
+        BPETokenizer.train("some text", vocab_size=vocab_size, verbose=False)
+
+
+def test_smallest_vocab_is_bytes_plus_mask():
+    tok = BPETokenizer.train("", vocab_size=257, verbose=False)
+    assert tok.merges == [] and tok.mask_id == 256
+    assert tok.decode(tok.encode("any text ✓")) == "any text ✓"
+
+
+def test_progress_bar(capsys):
+    BPETokenizer.train("the cat sat on the mat", vocab_size=260, verbose=True)
+    assert "BPE merges" in capsys.readouterr().err
+    BPETokenizer.train("the cat sat on the mat", vocab_size=260, verbose=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_show_split(small_tok):
+    shown = show_split(small_tok, "To be, or not to be:\nthat is")
+    assert shown.replace("|", "") == "To be, or not to be:\\nthat is"
+    assert shown.count("|") == len(small_tok.encode("To be, or not to be:\nthat is")) - 1
+
+
+# ---------------------------------------------------------------- files
+def test_save_load_round_trip(small_tok, tmp_path):
+    path = tmp_path / "tok.json"
+    small_tok.save(path)
+    tok = BPETokenizer.load(path)
+    assert tok.merges == small_tok.merges and tok.special_tokens == small_tok.special_tokens
+    assert tok.encode(MULTILINGUAL) == small_tok.encode(MULTILINGUAL)
+    assert not list(tmp_path.glob("*.tmp"))  # the atomic write leaves nothing behind
+
+
+def _broken_files(good: dict) -> dict[str, bytes]:
+    def doc(**change):
+        d = {**good, **change}
+        return json.dumps({k: v for k, v in d.items() if v is not None}).encode()
+
+    raw = json.dumps(good).encode()
+    return {
+        "truncated": raw[: len(raw) // 2],
+        "empty": b"",
+        "binary": bytes(range(256)),
+        "a list": b"[1, 2, 3]",
+        "other json": b'{"model": "gpt2"}',
+        "wrong version": doc(version=99),
+        "no version": doc(version=None),
+        "no merges": doc(merges=None),
+        "no vocab_size": doc(vocab_size=None),
+        "no special_tokens": doc(special_tokens=None),
+        "other pattern": doc(split_pattern=r"\w+"),
+        "forward reference": doc(merges=[[256, 1]]),
+        "bad merge shape": doc(merges=[[1, 2, 3]]),
+        "merges not a list": doc(merges=5),
+        "vocab_size mismatch": doc(vocab_size=123),
+        "no mask": doc(special_tokens=["[PAD]"]),
+    }
+
+
+def test_corrupt_files_give_one_line_errors(small_tok, tmp_path):
+    small_tok.save(tmp_path / "good.json")
+    good = json.loads((tmp_path / "good.json").read_text())
+    for name, content in _broken_files(good).items():
+        path = tmp_path / f"{name}.json"
+        path.write_bytes(content)
+        with pytest.raises(TokenizerFileError) as info:
+            BPETokenizer.load(path)
+        message = str(info.value)
+        assert "\n" not in message and str(path) in message, (name, message)
+    with pytest.raises(TokenizerFileError, match="no such tokenizer file"):
+        BPETokenizer.load(tmp_path / "missing.json")
+    assert issubclass(TokenizerFileError, ValueError)
