@@ -49,6 +49,10 @@ lab: $(STAMP)
 bench: $(STAMP)
 	for f in bench/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
+# On a CUDA machine (< 5 minutes): bf16 and fp16 + GradScaler, eager and compiled; tokens/s and MFU.
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py
+
 # Re-execute every notebook for real (no quick mode) and save its outputs in place.
 notebooks: $(STAMP)
 	$(BIN)/python notebooks/run.py --inplace notebooks/[0-9]*.ipynb

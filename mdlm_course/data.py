@@ -4,10 +4,17 @@
     split_text(text)           -> (train, val): the validation split is the LAST 5% of the characters,
                                   fixed, so every run and every notebook evaluates on the same text
     check_long_enough(ids, L)  -> raise if the token stream cannot fill one training window of L tokens
+    encode_cached, TokenData, random_windows, fixed_windows  -> token streams and windows (chapter 5)
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
+
+import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / "data"
@@ -35,7 +42,8 @@ def load_text(path: str | Path, *, min_chars: int = 1) -> str:
         raise DataError(f"{path}: the file is empty (or only whitespace); it needs text to train on.")
     nul = raw.find(b"\x00")
     if nul >= 0:
-        raise DataError(f"{path}: looks binary (NUL byte at byte offset {nul}); expected a UTF-8 text file.")
+        hint = " It looks like UTF-16: re-save it as UTF-8." if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise DataError(f"{path}: looks binary (NUL byte at byte offset {nul}); expected a UTF-8 text file.{hint}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -64,3 +72,96 @@ def check_long_enough(n_tokens: int, seq_len: int, what: str = "text") -> None:
             f"{what} has only {n_tokens} tokens, shorter than one training window of {seq_len}; "
             "use a longer file or a smaller seq_len."
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Token streams and windows (added for training, chapter 5)
+#
+#   encode_cached(text, tok)          -> np.ndarray of ids, cached in data/cache/ under a hash of text + tokenizer
+#   TokenData.from_text(text, tok)    -> train / val id streams (the val split is the last 5% of the characters)
+#   random_windows(ids, B, L, gen)    -> (B, L): B windows of L consecutive tokens at uniform random starts
+#   fixed_windows(ids, L, n)          -> (n, L): n windows at evenly spaced starts, the same every call
+# ---------------------------------------------------------------------------------------------
+
+CACHE_DIR = DATA_DIR / "cache"   # gitignored
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    """A string that changes whenever the tokenizer would encode differently (merges and specials)."""
+    return json.dumps({"merges": [list(p) for p in tokenizer.merges],
+                       "special_tokens": list(tokenizer.special_tokens)}, separators=(",", ":"))
+
+
+def encode_cached(text: str, tokenizer, cache_dir: str | Path | None = CACHE_DIR, *, name: str = "ids"):
+    """tokenizer.encode(text) as a numpy array, cached as .npy under sha256(text, tokenizer).
+
+    Encoding 5 MB takes a few seconds; the cache makes the second run instant.
+    Uses the tokenizer's tiktoken fast path (encode_fast, same ids) when it has one.
+    cache_dir=None: no cache.  The ids are uint16 when the vocabulary fits, else int32.
+    """
+    key = hashlib.sha256()
+    key.update(_tokenizer_fingerprint(tokenizer).encode())
+    key.update(b"\x00")
+    key.update(text.encode("utf-8"))
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{name}-{key.hexdigest()[:20]}.npy"
+        if path.exists():
+            try:
+                return np.load(path, allow_pickle=False)
+            except (OSError, ValueError):
+                path.unlink(missing_ok=True)   # a broken cache file: encode again
+    encode = getattr(tokenizer, "encode_fast", None) or tokenizer.encode
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.int32
+    ids = np.asarray(encode(text), dtype=dtype)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, ids, allow_pickle=False)
+        os.replace(tmp, path)   # atomic: a reader sees the whole file or none
+    return ids
+
+
+class TokenData:
+    """The encoded corpus: train_ids and val_ids, 1-D int64 tensors (val = the last 5% of the characters).
+
+    The split is made on characters *before* encoding, so the validation text is the same whatever the
+    tokenizer, and no token straddles the boundary.
+    """
+
+    def __init__(self, train_ids, val_ids):
+        self.train_ids = torch.as_tensor(train_ids).long()   # (N_train,)
+        self.val_ids = torch.as_tensor(val_ids).long()       # (N_val,)
+
+    @classmethod
+    def from_text(cls, text: str, tokenizer, cache_dir: str | Path | None = CACHE_DIR) -> "TokenData":
+        train_text, val_text = split_text(text)
+        train = encode_cached(train_text, tokenizer, cache_dir, name="train")
+        val = encode_cached(val_text, tokenizer, cache_dir, name="val")
+        return cls(train.astype(np.int64), val.astype(np.int64))
+
+    def __repr__(self) -> str:
+        return f"TokenData(train={len(self.train_ids):,} tokens, val={len(self.val_ids):,} tokens)"
+
+
+def random_windows(ids, batch_size: int, seq_len: int, generator=None):
+    """B windows of L consecutive ids, each starting at a uniform random offset.  -> LongTensor (B, L)
+
+    random_windows(torch.arange(10), 2, 3, g) -> e.g. [[4, 5, 6], [0, 1, 2]]
+    """
+    check_long_enough(len(ids), seq_len, "the training split")
+    starts = torch.randint(0, len(ids) - seq_len + 1, (batch_size,), generator=generator)   # (B,)
+    return ids[starts[:, None] + torch.arange(seq_len)[None, :]]                             # (B, L)
+
+
+def fixed_windows(ids, seq_len: int, n: int):
+    """n windows of L ids at evenly spaced starts from the first to the last possible one.  -> (n', L)
+
+    Deterministic, for validation. Non-overlapping when the stream holds n windows; if it holds fewer,
+    n' = the number of whole windows that fit (at least 1).  fixed_windows(torch.arange(9), 3, 2) -> [[0,1,2],[6,7,8]]
+    """
+    check_long_enough(len(ids), seq_len, "the validation split")
+    n = max(1, min(n, len(ids) // seq_len))
+    last = len(ids) - seq_len
+    starts = torch.linspace(0, last, n).round().long() if n > 1 else torch.zeros(1, dtype=torch.long)   # (n,)
+    return ids[starts[:, None] + torch.arange(seq_len)[None, :]]                                          # (n, L)

@@ -102,3 +102,10 @@ def test_check_long_enough():
         check_long_enough(255, 256, what="my_text.txt")
     message = str(info.value)
     assert "\n" not in message and "255 tokens" in message and "256" in message and "my_text.txt" in message
+
+
+def test_utf16_file_gets_a_hint(tmp_path):
+    p = tmp_path / "utf16.txt"
+    p.write_bytes("To be, or not to be".encode("utf-16"))
+    with pytest.raises(DataError, match=r"NUL byte at byte offset \d+.*UTF-16"):
+        load_text(p)

@@ -22,15 +22,6 @@ from mdlm_course.model import MDLM, PRESETS, ModelConfig, RMSNorm, SwiGLU, apply
 TIGHT = dict(rtol=1e-10, atol=1e-12)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are small: one thread is faster, and on a busy 2-core machine much faster
-    (the learning test took 120 s with 2 threads against 14 s with one)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny(**overrides) -> ModelConfig:
     return ModelConfig.preset("tiny", **overrides)

@@ -24,14 +24,6 @@ from mdlm_course.sampling import (_alpha_inverse, categorical, denoise, sample, 
 from mdlm_course.toy import ToyDistribution
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are small: one intra-op thread is faster, and fair on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
