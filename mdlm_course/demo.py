@@ -125,14 +125,20 @@ def demo_train(text: str, tok, *, quick: bool):
     return model.eval()
 
 
-def run_demo(quick: bool = False, live: bool | None = None) -> int:
-    shipped = find_shipped_checkpoint()
+def run_demo(quick: bool = False, live: bool | None = None, use_checkpoint: bool = True) -> int:
+    shipped = find_shipped_checkpoint() if use_checkpoint else None
     if shipped is not None:
         from .checkpoint import load_pretrained
 
+        from .tokenizer import show_split
+
         model, tok, meta = load_pretrained(shipped)
-        print(f"== Loaded {shipped.relative_to(ROOT)}: {model.num_params() / 1e6:.2f}M parameters, "
-              f"step {meta.get('step')}")
+        print(f"== 1. Tokenizer (from the checkpoint): {tok}")
+        for sentence in SENTENCES[:2]:
+            print(f"  {sentence!r}\n   -> {show_split(tok, sentence, sep=' | ')}")
+        val = (meta.get("metrics") or {}).get("val_nelbo")
+        print(f"\n== 2. Model: {shipped.relative_to(ROOT)}, {model.num_params() / 1e6:.2f}M parameters, "
+              f"step {meta.get('step')}" + (f", validation NELBO {val:.3f} nats/token" if val else "") + "\n")
         seq_len = model.config.seq_len
     else:
         text = load_text(DEFAULT_CORPUS)

@@ -1,9 +1,10 @@
 """`make demo` in quick mode, and the terminal renderer it uses."""
 import io
 
+import pytest
 import torch
 
-from mdlm_course.demo import MASK_GLYPH, render, run_demo, show_denoising
+from mdlm_course.demo import MASK_GLYPH, find_shipped_checkpoint, render, run_demo, show_denoising
 from mdlm_course.tokenizer import BPETokenizer
 
 
@@ -33,9 +34,12 @@ def test_show_denoising_prints_frames_and_ends_unmasked():
     assert text.startswith("to be") and MASK_GLYPH not in text
 
 
-def test_demo_runs_in_quick_mode(capsys):
-    assert run_demo(quick=True, live=False) == 0
+@pytest.mark.parametrize("use_checkpoint", [False, True], ids=["train-in-place", "shipped-checkpoint"])
+def test_demo_runs_in_quick_mode(capsys, use_checkpoint):
+    if use_checkpoint and find_shipped_checkpoint() is None:
+        pytest.skip("no checkpoint under checkpoints/")
+    assert run_demo(quick=True, live=False, use_checkpoint=use_checkpoint) == 0
     out = capsys.readouterr().out
-    assert "== 1. Tokenizer" in out and "== 3. Sampling" in out and "Final sample" in out
+    assert "== 1. Tokenizer" in out and "== 2. Model" in out and "== 3. Sampling" in out
     final = out.split("Final sample:\n", 1)[1].split("\nNext:", 1)[0]
     assert final.startswith("ROMEO:") and MASK_GLYPH not in final
