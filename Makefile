@@ -44,7 +44,7 @@ test: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/pip install -q jupyterlab
 	$(BIN)/python -m ipykernel install --user --name mdlm-course --display-name "mdlm-course (.venv)"
-	cd notebooks && ../$(BIN)/jupyter lab
+	cd notebooks && ../$(BIN)/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 bench: $(STAMP)
 	for f in bench/bench_*.py; do $(BIN)/python $$f || exit 1; done
