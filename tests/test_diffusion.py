@@ -112,15 +112,20 @@ def test_masks_nest_with_shared_uniforms():
         assert later.sum() > earlier.sum()
 
 
+def _two_stage(sched, n, s, t, seed):
+    """x_s ~ q(x_s | x_0), then x_t ~ q(x_t | x_s), for n positions of random tokens (mask id 5)."""
+    x0 = torch.randint(0, 5, (1, n))
+    g = torch.Generator().manual_seed(seed)
+    xs = q_sample(x0, s, 5, sched, g)
+    return xs, q_step(xs, s, t, 5, sched, g)
+
+
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_q_step_composes_to_q_sample(name):
     """q(x_t | x_0) = sum_{x_s} q(x_t | x_s) q(x_s | x_0): the two-stage path masks 1 - alpha_t."""
     sched = get_schedule(name)
     n, s, t = 100_000, 0.3, 0.8
-    x0 = torch.randint(0, 5, (1, n))
-    g = torch.Generator().manual_seed(0)
-    xs = q_sample(x0, s, 5, sched, g)
-    xt = q_step(xs, s, t, 5, sched, g)
+    xs, xt = _two_stage(sched, n, s, t, seed=0)
     assert ((xs == 5) <= (xt == 5)).all()                          # never unmasks
     p = 1 - sched.alpha(torch.tensor(t)).item()
     rate = (xt == 5).double().mean().item()
@@ -134,10 +139,7 @@ def test_unmask_probability_is_the_true_posterior(name):
     """Simulate x_s then x_t; of the positions masked at t, the fraction clean at s is the formula."""
     sched = get_schedule(name)
     n, s, t = 200_000, 0.4, 0.7
-    x0 = torch.randint(0, 5, (1, n))
-    g = torch.Generator().manual_seed(1)
-    xs = q_sample(x0, s, 5, sched, g)
-    xt = q_step(xs, s, t, 5, sched, g)
+    xs, xt = _two_stage(sched, n, s, t, seed=1)
     masked_t = xt == 5
     frac = (xs[masked_t] != 5).double().mean().item()
     p = unmask_probability(torch.tensor(s), torch.tensor(t), sched).item()
