@@ -3,12 +3,14 @@ float32 eager loop on the same model measured in the same run.
 
     python bench/bench_train.py                       # every preset, every variant (minutes on a laptop)
     python bench/bench_train.py --presets cpu --no-compile
+    python bench/bench_train.py --presets cpu --device cpu --no-1thread     # the CPU of a GPU machine
 
 Rows, per preset (each a fresh model from the same seed, random token windows of the preset's length):
   reference        a plain loop: float32, eager, torch.optim.AdamW defaults (foreach), no clipping
   train fp32       mdlm_course.train: fused AdamW, gradient clipping, loss read-out, no autocast
   train bf16       the same under bf16 autocast (fast only with bf16 matrix units: AMX / AVX512-BF16 / GPU)
   train compile    fp32 + torch.compile (inductor; needs a C++ compiler on a CPU); compile time excluded
+                   (and bf16 + compile where bf16 is fast)
   train 1 thread   fp32 (and fp32 + compile) with torch.set_num_threads(1)
 tokens/s = the best measured step (after warm-up steps, which hold one-off costs such as compiling): on a
 machine shared with other work the median mostly measures the neighbours; the best step is what the code
@@ -76,9 +78,11 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=["tiny", "cpu", "gpu"])
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     ap.add_argument("--batch-size", type=int, help="override the presets' batch size")
+    ap.add_argument("--no-1thread", action="store_true", help="skip the one-thread rows (slow on a big CPU)")
+    ap.add_argument("--device", help="cpu / cuda / mps (default: get_device(), i.e. the best one here)")
     args = ap.parse_args()
 
-    device = get_device()
+    device = torch.device(args.device) if args.device else get_device()
     cpu = platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, device {device}, {os.cpu_count()} CPU cores ({cpu}), "
           f"torch threads {torch.get_num_threads()}, bf16 matrix units (AMX/AVX512-BF16): {cpu_has_fast_bf16()}")
@@ -113,9 +117,12 @@ def main() -> None:
                          min(steps, 2) if slow_bf16 else steps))
         if not args.no_compile and not gpu_on_cpu:
             rows.append(("train fp32 + compile", replace_cfg(cfg, compile=True), warmup + 2, steps))
-        rows.append(("train fp32, 1 thread", cfg, warmup, steps))
-        if not args.no_compile and not gpu_on_cpu:
-            rows.append(("train fp32 + compile, 1 thread", replace_cfg(cfg, compile=True), warmup + 2, steps))
+            if not slow_bf16:
+                rows.append(("train bf16 + compile", replace_cfg(cfg, compile=True, dtype="bf16"), warmup + 2, steps))
+        if not args.no_1thread:
+            rows.append(("train fp32, 1 thread", cfg, warmup, steps))
+            if not args.no_compile and not gpu_on_cpu:
+                rows.append(("train fp32 + compile, 1 thread", replace_cfg(cfg, compile=True), warmup + 2, steps))
         for label, c, w, n in rows:
             if label.endswith("1 thread"):   # one thread avoids OpenMP hand-offs; it wins on a busy machine
                 if device.type != "cpu" or threads == 1:

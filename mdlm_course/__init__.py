@@ -17,7 +17,7 @@ from .tokenizer import BPETokenizer  # noqa: E402
 from .model import ModelConfig, MDLM, PRESETS  # noqa: E402
 from .diffusion import (  # noqa: E402
     Schedule, LogLinearSchedule, CosineSchedule, SCHEDULES, get_schedule,
-    q_sample, subs_log_probs, nelbo, nelbo_terms, discrete_elbo,
+    q_sample, subs_log_probs, masked_nll, nelbo, nelbo_terms, discrete_elbo,
 )
 from .sampling import sample, denoise  # noqa: E402
 from .checkpoint import load_pretrained  # noqa: E402
@@ -25,5 +25,5 @@ from .train import TrainConfig, train  # noqa: E402
 
 __all__ = ["QUICK", "get_device", "load_text", "split_text", "DataError", "BPETokenizer",
            "ModelConfig", "MDLM", "PRESETS", "Schedule", "LogLinearSchedule", "CosineSchedule", "SCHEDULES",
-           "get_schedule", "q_sample", "subs_log_probs", "nelbo", "nelbo_terms", "discrete_elbo",
+           "get_schedule", "q_sample", "subs_log_probs", "masked_nll", "nelbo", "nelbo_terms", "discrete_elbo",
            "load_pretrained", "TrainConfig", "train", "sample", "denoise"]

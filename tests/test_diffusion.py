@@ -19,7 +19,7 @@ import torch
 
 from mdlm_course.diffusion import (
     EPS, NEG_INF, T_MIN, CosineSchedule, LogLinearSchedule, SCHEDULES, discrete_elbo, get_schedule,
-    nelbo, nelbo_terms, q_sample, q_step, sample_t, subs_log_probs, unmask_probability,
+    masked_nll, nelbo, nelbo_terms, q_sample, q_step, sample_t, subs_log_probs, unmask_probability,
 )
 from mdlm_course.toy import ToyDistribution
 
@@ -183,6 +183,36 @@ def test_subs_log_probs():
 def test_subs_log_probs_is_float32_under_bf16_logits():
     logits = torch.randn(2, 3, 5).to(torch.bfloat16)
     assert subs_log_probs(logits, torch.full((2, 3), 4), 4).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masked_nll_equals_subs_gather(dtype):
+    """The training loss's fast path equals the slow, obviously-SUBS one: full log-probs, then gather."""
+    torch.manual_seed(1)
+    B, L, V, mask_id = 4, 12, 11, 7
+    logits = (torch.randn(B, L, V) * 3).to(dtype)
+    logits[..., mask_id] = 40.0                                    # MASK must get no mass in either
+    x0 = torch.randint(0, V - 1, (B, L))
+    x0[x0 == mask_id] = V - 1                                      # clean data never holds MASK
+    xt = torch.where(torch.rand(B, L) < 0.5, torch.full_like(x0, mask_id), x0)
+    ref = -subs_log_probs(logits, xt, mask_id).gather(-1, x0[..., None])[..., 0]   # (B, L)
+    got = masked_nll(logits, xt, x0, mask_id)
+    assert got.dtype == torch.float32 and got.shape == (B, L)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-5)
+    assert (got[xt != mask_id] == 0).all() and (got[xt == mask_id] > 0).all()
+    # gradients agree too (what training uses)
+    lg1 = logits.float().requires_grad_()
+    lg2 = logits.float().requires_grad_()
+    masked_nll(lg1, xt, x0, mask_id).sum().backward()
+    (-subs_log_probs(lg2, xt, mask_id).gather(-1, x0[..., None])).sum().backward()
+    torch.testing.assert_close(lg1.grad, lg2.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_nelbo_check_x0_flag():
+    x0 = torch.tensor([[0, 1, 2]])
+    with pytest.raises(ValueError, match="mask_id"):
+        nelbo(Uniform(4), x0, mask_id=2)
+    nelbo(Uniform(4), x0, mask_id=3, check_x0=False)               # runs; the caller vouches for x0
 
 
 def test_subs_rejects_bad_shapes():

@@ -326,6 +326,19 @@ def test_bf16_autocast_path_on_cpu(data, byte_tok):
     assert all(math.isfinite(x) for x in r.history["loss"])
 
 
+def test_compiled_training_equals_eager(data, byte_tok):
+    """compile=True (the model and the fused SUBS cross-entropy, inductor) trains the same model as eager."""
+    runs = {}
+    for compile in (False, True):
+        torch.manual_seed(0)
+        runs[compile] = train(tiny_model(), tiny_cfg(max_steps=4, compile=compile), data, tokenizer=byte_tok,
+                              progress=False)
+    np.testing.assert_allclose(runs[True].history["loss"], runs[False].history["loss"], rtol=1e-4)
+    for (k, a), b in zip(params(runs[False].model).items(), params(runs[True].model).values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=k)
+    assert not any(k.startswith("_orig_mod.") for k in runs[True].model.state_dict())
+
+
 def test_ema_follows_its_formula(data, byte_tok):
     """After one step the EMA is d * theta_0 + (1 - d) * theta_1 with the warm-up decay d = min(decay, 1/10)."""
     model = tiny_model()
