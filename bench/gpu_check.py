@@ -83,9 +83,7 @@ def profile_steps(model_config, base: TrainConfig, data: TokenData, device, path
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     cfg = TrainConfig(**{**base.to_dict(), "dtype": "bf16", "compile": compile, "device": str(device),
                          "max_steps": 3, "log_interval": 1, "eval_windows": 1})
-    model = train(MDLM(model_config), cfg, data, progress=False).model            # warm-up: allocator, cuBLAS
-    cfg = TrainConfig(**{**cfg.to_dict(), "max_steps": steps + 2})
-    train(model, cfg, data, progress=False)                                       # compiles (if compile)
+    model = train(MDLM(model_config), cfg, data, progress=False).model   # warm-up: allocator, cuBLAS, compiling
     cfg = TrainConfig(**{**cfg.to_dict(), "max_steps": steps})
     t0 = time.perf_counter()
     with profile(activities=activities) as prof:

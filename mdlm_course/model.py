@@ -73,15 +73,24 @@ class ModelConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> "ModelConfig":
         """ModelConfig.preset("cpu", vocab_size=tok.vocab_size) -> the "cpu" preset with overrides."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")
-        bad = set(overrides) - set(asdict(PRESETS[name]))
-        if bad:
-            raise ValueError(f"unknown ModelConfig field(s) {sorted(bad)}")
-        return replace(PRESETS[name], **overrides)
+        return from_preset(PRESETS, "model", name, overrides)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def from_preset(presets: dict, kind: str, name: str, overrides: dict):
+    """presets[name] with some fields replaced; a one-line error for an unknown name or field.
+
+    Shared by ModelConfig.preset and train.TrainConfig.preset (kind: "model" or "train").
+    """
+    if name not in presets:
+        raise ValueError(f"unknown {kind} preset {name!r}; choose from {sorted(presets)}")
+    base = presets[name]
+    bad = set(overrides) - set(asdict(base))
+    if bad:
+        raise ValueError(f"unknown {type(base).__name__} field(s) {sorted(bad)}")
+    return replace(base, **overrides)
 
 
 # Parameter counts (untied head, no time conditioning; tests/test_model.py checks them):

@@ -32,7 +32,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ from .checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, loa
 from .data import CACHE_DIR, DataError, TokenData, check_long_enough, fixed_windows, random_windows
 from .device import autocast, autocast_dtype, get_device
 from .diffusion import get_schedule, masked_nll, nelbo, q_sample
+from .model import from_preset
 
 VAL_SEED = 0   # the seed of the validation masks: fixed forever, so every run is measured alike
 
@@ -107,12 +108,7 @@ class TrainConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> "TrainConfig":
         """TrainConfig.preset("cpu", max_steps=500): the settings that go with ModelConfig.preset("cpu")."""
-        if name not in TRAIN_PRESETS:
-            raise ValueError(f"unknown train preset {name!r}; choose from {sorted(TRAIN_PRESETS)}")
-        bad = set(overrides) - {f.name for f in fields(cls)}
-        if bad:
-            raise ValueError(f"unknown TrainConfig field(s) {sorted(bad)}")
-        return replace(TRAIN_PRESETS[name], **overrides)
+        return from_preset(TRAIN_PRESETS, "train", name, overrides)
 
     def to_dict(self) -> dict:
         return asdict(self)
