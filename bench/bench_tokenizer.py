@@ -10,6 +10,12 @@ Rows (the best of --repeat runs, so that a busy machine hurts less; wall-clock a
   fast       BPETokenizer.encode_fast      vs tiktoken's own Encoding built from the same merges, called
                                            directly (encode_ordinary): what our wrapper costs
   hf encode  HF Tokenizer.encode of the corpus with HF's own 4096 vocab               for information
+No whitespace (--dna-chars, default 1 MB; 0 skips): text with no space for the pre-split to cut at,
+timed against the same number of characters of the corpus, same vocab_size (MAX_CHUNK_CHARS in the
+tokenizer keeps both linear in the text; before the cap the DNA row was ~100x the English one):
+  train      BPETokenizer.train on random "ACGT"       vs train on English            target ratio <= 50
+  encode     BPETokenizer.encode of one random-letter word (a single 200k-character run), cold cache,
+             with the merges learned on the corpus     vs encode of 200k English chars   target ratio <= 20
 Offline: no pretrained tiktoken vocabulary is downloaded; both tiktoken rows use our merges.
 HF trains with its own threads (all cores); ours is one Python thread.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import time
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -51,6 +58,8 @@ def main() -> None:
     ap.add_argument("--vocab-size", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--chars", type=int, default=0, help="use only the first N characters (0: all)")
+    ap.add_argument("--dna-chars", type=int, default=1_000_000,
+                    help="characters of whitespace-free text for the no-whitespace rows (0: skip them)")
     args = ap.parse_args()
 
     text = load_text(DEFAULT_CORPUS)
@@ -97,6 +106,34 @@ def main() -> None:
     n = len(ids)
     print(f"\nour tokens: {n:,} ({mb * 1e6 / n:.2f} bytes/token); HF tokens: {len(enc.ids):,} "
           f"({mb * 1e6 / len(enc.ids):.2f} bytes/token); load average {os.getloadavg()[0]:.1f} at end")
+    if args.dna_chars:
+        bench_no_whitespace(text, tok, args)
+
+
+def bench_no_whitespace(text: str, tok: BPETokenizer, args) -> None:
+    """Whitespace-free text against the same number of English characters: a ratio near 1 means linear."""
+    rng = random.Random(0)
+    n = min(args.dna_chars, len(text))
+    dna = "".join(rng.choices("ACGT", k=n))
+    english = text[:n]
+    t_dna, dna_tok = best_of(args.repeat, lambda: BPETokenizer.train(dna, args.vocab_size, verbose=False))
+    t_eng, _ = best_of(args.repeat, lambda: BPETokenizer.train(english, args.vocab_size, verbose=False))
+    m = 200_000
+    word = "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=m))
+    t_word, ids = best_of(args.repeat, lambda: BPETokenizer(tok.merges).encode(word))
+    t_prose, _ = best_of(args.repeat, lambda: BPETokenizer(tok.merges).encode(text[:m]))
+    assert tok.decode(ids) == word and tok.encode_fast(word) == ids
+    print(f"\nno whitespace: {n:,} characters of random ACGT vs the first {n:,} of the corpus, vocab_size "
+          f"{args.vocab_size}; one {m:,}-letter word vs {m:,} corpus characters, merges from the corpus")
+    print(f"{'':28}{'wall':>8} {'cpu':>6}   {'reference':>9} {'cpu':>6}   {'ratio: wall':>11} {'cpu':>5}   target")
+    for task, (wall, cpu), (ref_wall, ref_cpu), target in [
+        ("train, DNA vs English", t_dna, t_eng, "ratio <= 50"),
+        ("encode, one long word", t_word, t_prose, "ratio <= 20"),
+    ]:
+        print(f"{task:28}{wall:7.2f}s {cpu:5.2f}s   {ref_wall:8.2f}s {ref_cpu:5.2f}s   {wall / ref_wall:11.2f} "
+              f"{cpu / ref_cpu:5.2f}   {target}")
+    print(f"DNA: {(args.vocab_size - len(dna_tok.special_tokens) - 256) / t_dna[0]:.0f} merges/s; "
+          f"long word: {t_word[0] / m * 1e6:.2f} µs/character (before the chunk cap: ~50)")
 
 
 if __name__ == "__main__":

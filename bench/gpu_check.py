@@ -5,7 +5,7 @@
 
 Variants: bf16 autocast, and fp16 autocast + GradScaler, each eager and torch.compile'd. For each it
 checks that the loss falls and prints tokens/s and MFU against the card's dense bf16 peak
-(mdlm_course.train.PEAK_BF16_TFLOPS; override with MDLM_PEAK_TFLOPS=...).
+(mdlm_course.device.PEAK_BF16_TFLOPS; override with MDLM_PEAK_TFLOPS=...).
 Target on one H100: >= 1.0M tokens/s and >= 40% MFU for the best variant.
 
 Data: synthetic, so that nothing has to be encoded on the GPU box. A vocabulary of 8,191 ids (plus
@@ -29,7 +29,9 @@ import torch
 
 from mdlm_course.data import TokenData
 from mdlm_course.model import MDLM, ModelConfig
-from mdlm_course.train import TrainConfig, TrainingDiverged, flops_per_token, peak_flops, train
+from mdlm_course.device import peak_flops
+from mdlm_course.model import flops_per_token
+from mdlm_course.train import TrainConfig, TrainingDiverged, train
 
 TARGET_TOKENS_PER_S = 1.0e6
 TARGET_MFU = 0.40

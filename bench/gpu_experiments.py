@@ -21,7 +21,9 @@ import torch
 from gpu_check import phrase_tokens, profile_steps, run_variant
 from mdlm_course.data import TokenData
 from mdlm_course.model import MDLM, ModelConfig
-from mdlm_course.train import TrainConfig, flops_per_token, peak_flops
+from mdlm_course.device import peak_flops
+from mdlm_course.model import flops_per_token
+from mdlm_course.train import TrainConfig
 
 BUDGET_S = 170   # stop starting rows after this; max-autotune alone can take minutes
 

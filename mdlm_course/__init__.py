@@ -4,13 +4,9 @@ Read the modules in this order: tokenizer -> model -> diffusion -> sampling -> t
 """
 from __future__ import annotations
 
-import os
-
 __version__ = "0.1.0"
 
-# Quick mode: tiny configs and few steps, so that CI can execute every notebook in minutes.
-QUICK = os.environ.get("MDLM_COURSE_QUICK", "") not in ("", "0")
-
+from .config import QUICK  # noqa: E402  (quick mode: tiny configs, so that CI runs every notebook in minutes)
 from .device import get_device  # noqa: E402
 from .data import load_text, split_text, DataError  # noqa: E402
 from .tokenizer import BPETokenizer  # noqa: E402

@@ -9,7 +9,8 @@ A checkpoint is a directory, one per saved step, inside a run directory:
             tokenizer.json       the tokenizer, in its own file format (BPETokenizer.load reads it)
             meta.json            format + version, model config, train config, step, val NELBO, history,
                                  optimizer hyper-parameters, grad-scaler state, the RNG states of python and
-                                 numpy, and the byte size + sha256 of each file above.  Written last.
+                                 numpy, the byte size + sha256 of each file above, and "meta_sha256": the
+                                 sha256 of meta.json itself without that key (meta_sha256()).  Written last.
         step-000500/ ...
 
 Writing is atomic at the level of the directory:
@@ -19,8 +20,11 @@ Writing is atomic at the level of the directory:
     3. fsync the run directory so the rename itself survives a power cut;
     4. retire the directories that are neither the latest nor the best: rename to `.trash-...`, then delete.
 A process killed at any moment leaves only complete `step-*` directories (plus hidden leftovers that are
-ignored and cleaned up next time). Loading re-checks each file's size and sha256 against meta.json, so a
-file truncated or altered later (a full disk, a bad copy) gives a one-line CheckpointError.
+ignored and cleaned up next time). Loading re-checks each file's size and sha256 against meta.json, and
+meta.json against its own meta_sha256, so a file truncated or altered later (a full disk, a bad copy, a
+hand edit) gives a one-line CheckpointError. So does a meta.json whose fields have the wrong type
+(check_meta: a small schema), or weights that hold NaN or inf.
+Checkpoints written before meta_sha256 existed (the shipped ones) have no such key; they load, unhashed.
 
     latest = the step-* directory with the highest step;  best = the one with the lowest val NELBO.
 
@@ -35,13 +39,21 @@ import os
 import random
 import re
 import shutil
-from dataclasses import dataclass
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from .config import COURSE_HOME, RESUMABLE_CHANGES, TrainConfig
+from .errors import MdlmError
+from .fileio import atomic_write_text
+from .model import MDLM, ModelConfig, unwrap
+from .tokenizer import BPETokenizer
 
 FORMAT = "mdlm_course.checkpoint"
 FORMAT_VERSION = 1
@@ -50,24 +62,17 @@ MODEL_FILE, STATE_FILE = "model.safetensors", "state.safetensors"
 TOKENIZER_FILE, META_FILE = "tokenizer.json", "meta.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MdlmError):
     """A checkpoint that cannot be used. The message is one line and says what to do."""
+
+
+class CheckpointSaveError(CheckpointError):
+    """Saving failed twice; the run was written to a fallback folder, which the message names."""
 
 
 # ---------------------------------------------------------------------------------------------
 # Small pieces: unwrap a module, fsync, hash
 # ---------------------------------------------------------------------------------------------
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module inside DistributedDataParallel (`.module`) and torch.compile (`._orig_mod`)."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
-
 
 def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The unwrapped module's state_dict, contiguous and on the CPU, with tied tensors stored once each name.
@@ -177,10 +182,15 @@ def _optimizer_from_flat(tensors: dict[str, torch.Tensor], info: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def _write_json(path: Path, doc: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
+    atomic_write_text(path, json.dumps(doc, indent=1, allow_nan=False))   # fsynced, never half-written
+
+
+def meta_sha256(meta: dict) -> str:
+    """sha256 of meta.json's content without its own "meta_sha256" key, in a canonical form (sorted keys, no
+    spaces), so that the same document always hashes the same, however it was indented."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def save_checkpoint(run_dir: str | Path, *, model: torch.nn.Module, step: int, train_config: dict | None = None,
@@ -191,7 +201,9 @@ def save_checkpoint(run_dir: str | Path, *, model: torch.nn.Module, step: int, t
 
     model: the (possibly compiled / DDP-wrapped) model; its unwrapped state_dict is saved and its
     `.config.to_dict()` recorded. optimizer/scaler/ema_model: saved for resuming when given.
-    metrics: e.g. {"val_nelbo": 5.1, "val_bpb": 2.3}; "val_nelbo" decides which checkpoint is the best.
+    The weights must be finite (FloatingPointError otherwise).
+    metrics: e.g. {"val_nelbo": 5.1, "val_bpb": 2.3}; "val_nelbo" (an AR twin's "val_nll") decides which
+    checkpoint is the best.
     keep=True: afterwards delete every checkpoint that is neither the latest nor the best.
     """
     run_dir = Path(run_dir)
@@ -245,6 +257,7 @@ def save_checkpoint(run_dir: str | Path, *, model: torch.nn.Module, step: int, t
         "torch_version": torch.__version__,
         "files": files,
     }
+    meta["meta_sha256"] = meta_sha256(meta)   # so an edited meta.json is caught, as an edited weight file is
     _write_json(tmp / META_FILE, meta)   # the manifest, written last
     _fsync_dir(tmp)
 
@@ -256,6 +269,41 @@ def save_checkpoint(run_dir: str | Path, *, model: torch.nn.Module, step: int, t
     if keep:
         prune(run_dir)
     return final
+
+
+def check_writable(folder: str | Path) -> None:
+    """Create `folder` if needed, then write and remove a probe file: a CheckpointError now, in one line,
+    rather than a traceback when the first checkpoint is due (after an hour of training)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        reason = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        raise CheckpointError(f"{folder}: cannot write there ({reason}); choose another folder (--out, "
+                              "--cache-dir)") from None
+
+
+def save_checkpoint_safely(run_dir: str | Path, **kwargs) -> Path:
+    """save_checkpoint(run_dir, **kwargs), and the run is never lost to a failed save.
+
+    On an error (disk full, folder removed, no permission): say what failed and retry once. If the retry
+    fails too, write the checkpoint to a fallback folder in the system's temporary directory and raise
+    CheckpointSaveError naming it (the CLI exits non-zero). The weights stay in memory throughout.
+    """
+    for attempt in (1, 2):
+        try:
+            return save_checkpoint(run_dir, **kwargs)
+        except (OSError, RuntimeError, SafetensorError) as e:
+            error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            print(f"warning: saving a checkpoint to {run_dir} failed ({error})"
+                  + ("; retrying once" if attempt == 1 else ""), file=sys.stderr)
+    fallback = Path(tempfile.gettempdir()) / f"mdlm_course-rescue-{os.getpid()}"
+    path = save_checkpoint(fallback, **kwargs)
+    raise CheckpointSaveError(f"could not write a checkpoint to {run_dir} ({error}); the run was saved to {path} "
+                              f"instead: continue it with --out {fallback} --resume")
 
 
 def _retire(path: Path) -> None:
@@ -276,10 +324,11 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 def _val_nelbo(ckpt: Path) -> float:
     try:
-        value = json.loads((ckpt / META_FILE).read_text())["metrics"].get("val_nelbo")
-    except (OSError, ValueError, KeyError, AttributeError):
-        return float("inf")
-    return float("inf") if value is None else float(value)
+        metrics = json.loads((ckpt / META_FILE).read_text())["metrics"]
+        value = metrics.get("val_nelbo", metrics.get("val_nll"))     # an MDLM's NELBO, an AR twin's NLL
+        return float("inf") if value is None else float(value)
+    except (OSError, ValueError, KeyError, AttributeError, TypeError, RecursionError):
+        return float("inf")   # an unreadable meta.json is never the best; loading it says what is wrong
 
 
 def prune(run_dir: str | Path) -> None:
@@ -318,24 +367,40 @@ def find_checkpoint(path: str | Path, which: str = "best") -> Path:
 
 
 def read_meta(ckpt: str | Path, *, verify: bool = True) -> dict:
-    """meta.json of a checkpoint directory, checked: format, version, and each file's size and sha256."""
+    """meta.json of a checkpoint directory, checked: format, version, its own hash, its fields' types
+    (check_meta), and each file's size and sha256 (verify=False: size only)."""
     ckpt = Path(ckpt)
     meta_path = ckpt / META_FILE
     if not meta_path.exists():
         raise CheckpointError(f"{ckpt}: not a checkpoint (no {META_FILE}); point to a step-* directory "
                               "or a run directory")
+    if not meta_path.is_file():   # a folder, or a FIFO that would block read_text() forever
+        raise CheckpointError(f"{meta_path}: not a regular file, so not a checkpoint file; use another checkpoint")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{meta_path}: corrupt or truncated ({e}); use another checkpoint") from None
+    except RecursionError:
+        raise CheckpointError(f"{meta_path}: not a checkpoint file (JSON nested too deeply); "
+                              "use another checkpoint") from None
+    except ValueError as e:   # JSONDecodeError, UnicodeDecodeError, an int of more than 4300 digits
+        raise CheckpointError(f"{meta_path}: corrupt or truncated, not a checkpoint file "
+                              f"({str(e).splitlines()[0]}); use another checkpoint") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path}: not an mdlm_course checkpoint (no \"format\": \"{FORMAT}\")")
     if meta.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{meta_path}: checkpoint format version {meta.get('version')!r}, this code reads "
                               f"version {FORMAT_VERSION}; use a matching mdlm_course version")
-    for fname, info in meta.get("files", {}).items():
+    if "meta_sha256" in meta:   # absent in checkpoints written before it existed: those load unhashed
+        try:
+            same = meta["meta_sha256"] == meta_sha256(meta)
+        except (TypeError, ValueError):   # unhashable content: it was not written by save_checkpoint
+            same = False
+        if not same:
+            raise CheckpointError(f"{meta_path}: altered (its content differs from its meta_sha256); "
+                                  "use another checkpoint, or an unedited copy")
+    check_meta(meta, meta_path)
+    for fname, info in meta["files"].items():
         path = ckpt / fname
-        if not path.exists():
+        if not path.is_file():
             raise CheckpointError(f"{path}: missing from the checkpoint; it is incomplete, use another one")
         size = path.stat().st_size
         if size != info["bytes"]:
@@ -343,9 +408,105 @@ def read_meta(ckpt: str | Path, *, verify: bool = True) -> dict:
                                   "use another checkpoint")
         if verify and _sha256(path) != info["sha256"]:
             raise CheckpointError(f"{path}: corrupt (sha256 differs from {META_FILE}); use another checkpoint")
-    if MODEL_FILE not in meta.get("files", {}):
+    if MODEL_FILE not in meta["files"]:
         raise CheckpointError(f"{meta_path}: lists no {MODEL_FILE}; the checkpoint is incomplete")
     return meta
+
+
+# The schema of meta.json: field -> (what it must be, a test). Loading checks it, so that a hand-edited or
+# foreign meta.json gives one line naming the field, never a KeyError or TypeError later, mid-resume.
+_MISSING = object()
+
+
+def _short(value) -> str:
+    """repr(value), cut to 60 characters for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(x, lo=None) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and (lo is None or x >= lo)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_dict_or_none(x) -> bool:
+    return x is None or isinstance(x, dict)
+
+
+def _is_base64_of(x, n_bytes: int) -> bool:
+    try:
+        return isinstance(x, str) and len(base64.b64decode(x, validate=True)) == n_bytes
+    except ValueError:
+        return False
+
+
+_META_SCHEMA = {
+    "step": ("an int >= 0", lambda x: _is_int(x, 0)),
+    "model_config": ("an object of ModelConfig fields", lambda x: isinstance(x, dict)),
+    "train_config": ("an object or null", _is_dict_or_none),
+    "metrics": ("an object of numbers", lambda x: isinstance(x, dict) and all(
+        v is None or _is_number(v) for v in x.values())),
+    "has_ema": ("true or false", lambda x: isinstance(x, bool)),
+    "optimizer": ("null or an object with param_groups (a list) and scalars (an object)", lambda x: x is None or (
+        isinstance(x, dict) and isinstance(x.get("param_groups"), list) and isinstance(x.get("scalars"), dict))),
+    "grad_scaler": ("an object or null", _is_dict_or_none),
+    "rng": ("an object with the python and numpy random states", lambda x: isinstance(x, dict)),
+    "rng.python": ("{version: int, internal: 625 ints, gauss: a number or null}", lambda x: isinstance(x, dict)
+                   and _is_int(x.get("version")) and isinstance(x.get("internal"), list)
+                   and len(x["internal"]) == 625 and all(_is_int(i, 0) for i in x["internal"])
+                   and (x.get("gauss") is None or _is_number(x.get("gauss")))),
+    "rng.numpy": ("{name: str, keys: base64 of 624 uint32, pos: int, has_gauss: int, cached_gaussian: number}",
+                  lambda x: isinstance(x, dict) and isinstance(x.get("name"), str)
+                  and _is_base64_of(x.get("keys"), 624 * 4) and _is_int(x.get("pos"), 0)
+                  and _is_int(x.get("has_gauss"), 0) and _is_number(x.get("cached_gaussian"))),
+    "history": ("null or an object of lists", lambda x: x is None or (
+        isinstance(x, dict) and all(isinstance(v, list) for v in x.values()))),
+    "files": (f"an object mapping {MODEL_FILE}, {STATE_FILE}, {TOKENIZER_FILE} to {{bytes, sha256}}",
+              lambda x: isinstance(x, dict) and all(
+                  name in (MODEL_FILE, STATE_FILE, TOKENIZER_FILE) and isinstance(info, dict)
+                  and _is_int(info.get("bytes"), 0) and isinstance(info.get("sha256"), str)
+                  and len(info["sha256"]) == 64 for name, info in x.items())),
+}
+
+
+def check_meta(meta: dict, where: str | Path = META_FILE) -> None:
+    """A one-line CheckpointError naming the first field of meta.json that is missing or of the wrong type.
+
+    check_meta({..., "step": "7"}) -> CheckpointError: meta.json: field "step" must be an int >= 0, got '7'; ...
+    model_config must build a ModelConfig (unknown fields and out-of-range values are named too).
+    """
+    for field, (want, ok) in _META_SCHEMA.items():
+        head, _, tail = field.partition(".")
+        value = meta.get(head, _MISSING)
+        if tail and isinstance(value, dict):
+            value = value.get(tail, _MISSING)
+        elif tail:
+            continue   # the parent's own check has failed already
+        if value is _MISSING or not ok(value):
+            got = "nothing (missing)" if value is _MISSING else _short(value)
+            raise CheckpointError(f"{where}: field \"{field}\" must be {want}, got {got}; the checkpoint is "
+                                  "damaged or was edited, use another one")
+    config = meta["model_config"]
+    known = {f.name: f for f in fields(ModelConfig)}
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise CheckpointError(f"{where}: field \"model_config\" has unknown fields {unknown}; the checkpoint is from "
+                              "another version of mdlm_course, or was edited")
+    for name, value in config.items():
+        if isinstance(known[name].default, bool) and not isinstance(value, bool):
+            raise CheckpointError(f"{where}: field \"model_config.{name}\" must be true or false, got {_short(value)}; "
+                                  "the checkpoint is damaged or was edited, use another one")
+        if isinstance(known[name].default, int) and not isinstance(known[name].default, bool) and not _is_int(value):
+            raise CheckpointError(f"{where}: field \"model_config.{name}\" must be an int, got {_short(value)}; "
+                                  "the checkpoint is damaged or was edited, use another one")
+    try:
+        ModelConfig(**config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: field \"model_config\" does not make a ModelConfig "
+                              f"({str(e).splitlines()[0]}); the checkpoint is damaged or was edited") from None
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -380,8 +541,6 @@ class Checkpoint:
         set_rng_state({k: v for k, v in self.state.items() if k.startswith("rng/")}, self.meta["rng"])
 
     def tokenizer(self):
-        from .tokenizer import BPETokenizer
-
         path = self.path / TOKENIZER_FILE
         return BPETokenizer.load(path) if path.exists() else None
 
@@ -392,7 +551,17 @@ def load_checkpoint(path: str | Path, which: str = "latest", *, verify: bool = T
     meta = read_meta(ckpt, verify=verify)
     model_state = _load_tensors(ckpt / MODEL_FILE)
     state = _load_tensors(ckpt / STATE_FILE) if STATE_FILE in meta["files"] else {}
+    _check_finite(ckpt / MODEL_FILE, model_state)       # as save_checkpoint refuses to write them
+    _check_finite(ckpt / STATE_FILE, {k: v for k, v in state.items() if k.startswith("ema/")})
     return Checkpoint(ckpt, meta, model_state, state)
+
+
+def _check_finite(path: Path, weights: dict[str, torch.Tensor]) -> None:
+    """A CheckpointError naming the first floating-point tensor that holds NaN or inf."""
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: weight {name!r} holds NaN or inf, so the model would only sample "
+                                  "[MASK]; use an earlier checkpoint")
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
@@ -415,16 +584,43 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], whe
     model.load_state_dict(state)
 
 
-def load_pretrained(path: str | Path, *, which: str = "best", device: str | torch.device | None = "cpu",
+# The checkpoints that ship with the course (checkpoints/README.md says how they were trained).
+CHECKPOINTS = COURSE_HOME / "checkpoints"
+SHIPPED = {"mdlm": CHECKPOINTS / "shakespeare-mdlm", "ar": CHECKPOINTS / "shakespeare-ar"}
+
+
+def find_shipped_checkpoint(kind: str = "mdlm") -> Path | None:
+    """The shipped checkpoint of this kind ("mdlm" or "ar"), else the first usable one under checkpoints/
+    (for kind "mdlm"); None when there is none. A broken folder is skipped with a warning."""
+    candidates = [SHIPPED[kind]]
+    if kind == "mdlm" and CHECKPOINTS.is_dir():
+        candidates += sorted(p for p in CHECKPOINTS.iterdir() if p.is_dir() and p not in SHIPPED.values())
+    for folder in candidates:
+        if not folder.is_dir():
+            continue
+        try:
+            ckpt = find_checkpoint(folder)
+            read_meta(ckpt, verify=False)
+            return ckpt
+        except CheckpointError as e:
+            print(f"warning: skipping {folder}: {e}", file=sys.stderr)
+    return None
+
+
+def load_pretrained(path: str | Path | None = None, *, which: str = "best", device: str | torch.device | None = "cpu",
                     ema: bool = True):
     """(model, tokenizer, meta) from a checkpoint or a run directory, ready for sampling.
 
+    load_pretrained()                          -> the shipped Shakespeare MDLM (checkpoints/shakespeare-mdlm)
     model = load_pretrained("runs/shakespeare-cpu")[0]  ->  MDLM in eval() mode on `device`.
     Uses the EMA weights when the checkpoint has them (ema=False: the raw weights). The tokenizer is
-    None when the run had none (synthetic data).
+    None when the run had none (synthetic data). Weights stored in bf16 are loaded as float32.
     """
-    from .model import MDLM, ModelConfig
-
+    if path is None:
+        path = find_shipped_checkpoint()
+        if path is None:
+            raise CheckpointError(f"no shipped checkpoint under {CHECKPOINTS}; run `make checkpoint` to train it, "
+                                  "or pass a path")
     ck = load_checkpoint(path, which)
     try:
         config = ModelConfig(**ck.meta["model_config"])
@@ -432,6 +628,57 @@ def load_pretrained(path: str | Path, *, which: str = "best", device: str | torc
         raise CheckpointError(f"{ck.path}: model config does not fit this code's ModelConfig ({e})") from None
     model = MDLM(config)
     weights = ck.ema_state() if ema and ck.meta.get("has_ema") else ck.model_state
-    load_model_state(model, weights, str(ck.path))
+    load_model_state(model, {k: v.float() if v.is_floating_point() else v for k, v in weights.items()},
+                     str(ck.path))
     model.to(device).eval()
     return model, ck.tokenizer(), ck.meta
+
+
+def export_for_shipping(src: str | Path, dst: str | Path, *, which: str = "best") -> Path:
+    """Copy a checkpoint's weights (its EMA weights when it has them), tokenizer, configs, metrics and history
+    into dst/step-N/, without the optimizer state: what ships in checkpoints/. Returns the new directory."""
+    ck = load_checkpoint(src, which)
+    model = MDLM(ModelConfig(**ck.meta["model_config"]))
+    weights = ck.ema_state() if ck.meta.get("has_ema") else ck.model_state
+    load_model_state(model, weights, str(ck.path))
+    return save_checkpoint(dst, model=model, step=ck.step, train_config=ck.meta.get("train_config"),
+                           tokenizer=ck.tokenizer(), metrics=ck.meta.get("metrics"), history=ck.meta.get("history"))
+
+
+def check_resumable(ck: "Checkpoint", model: torch.nn.Module, config: TrainConfig, tokenizer) -> None:
+    """One-line CheckpointErrors when the run being resumed is not the one in the checkpoint."""
+    saved, now = ck.meta["model_config"], unwrap(model).config.to_dict()
+    _refuse_differences(ck.path, "model config", saved, now, set(saved) | set(now),
+                        "use the same model settings or a new output directory")
+    saved_t, now_t = asdict(TrainConfig.from_dict(ck.meta.get("train_config") or {})), config.to_dict()
+    _refuse_differences(ck.path, "train config", saved_t, now_t, set(now_t) - RESUMABLE_CHANGES,
+                        f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume")
+    saved_tok = ck.tokenizer()
+    if tokenizer is not None and saved_tok is not None and (
+            saved_tok.merges != tokenizer.merges or saved_tok.special_tokens != tokenizer.special_tokens):
+        raise CheckpointError(f"cannot resume from {ck.path}: it was trained with a different tokenizer; "
+                              "pass the checkpoint's tokenizer (load_checkpoint(path).tokenizer())")
+
+
+def _refuse_differences(path: Path, what: str, saved: dict, now: dict, keys, hint: str) -> None:
+    """A one-line CheckpointError naming every key of `keys` whose value differs between saved and now."""
+    diff = [k for k in sorted(keys) if saved.get(k) != now.get(k)]
+    if diff:
+        k = diff[0]
+        raise CheckpointError(f"cannot resume from {path}: {what} differs in {', '.join(diff)} (checkpoint "
+                              f"{k}={saved.get(k)!r}, now {now.get(k)!r}); {hint}")
+
+
+def init_weights(model: torch.nn.Module, path: str | Path, tokenizer=None) -> None:
+    """Load the weights of checkpoint `path` into `model` (its EMA weights when it has them).
+
+    Only the weights: optimizer, step and history start afresh. The shapes must match; `causal` and
+    `dropout` may differ (an AR twin's weights start an MDLM: chapter 8).
+    """
+    ck = load_checkpoint(path, "best")
+    saved_tok = ck.tokenizer()
+    if tokenizer is not None and saved_tok is not None and saved_tok.merges != tokenizer.merges:
+        raise CheckpointError(f"cannot start from {ck.path}: it was trained with a different tokenizer")
+    weights = ck.ema_state() if ck.meta.get("has_ema") else ck.model_state
+    load_model_state(model, {k: v.float() if v.is_floating_point() else v for k, v in weights.items()},
+                     str(ck.path))

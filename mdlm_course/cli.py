@@ -3,6 +3,11 @@
     doctor   print each dependency with its version, the device, and whether bf16 is supported
     demo     the most complete thing the course can do so far (what `make demo` runs)
     train    train a model on a text file, with checkpoints and --resume (torchrun for several processes)
+    visualize  watch a checkpoint denoise in a pygame window (--record out.gif: a GIF, no display needed)
+    sample   print samples from a checkpoint
+
+Each command parses its arguments and calls one library function. A user's mistake prints one line
+(exit code 2); --debug (before the command) shows the traceback.
 """
 from __future__ import annotations
 
@@ -10,6 +15,19 @@ import argparse
 import importlib
 import platform
 import sys
+
+import torch
+
+from .checkpoint import CheckpointSaveError
+from .config import QUICK
+from .data import CACHE_DIR
+from .demo import run_demo
+from .device import autocast_dtype, bf16_supported, cpu_has_fast_bf16, get_device
+from .errors import MdlmError
+from .evaluate import evaluate_checkpoint
+from .pipeline import train_on_text
+from .train import TrainingDiverged
+from .visualize import sample_command, visualize_command
 
 # (import name, pip name, needed by)
 DEPENDENCIES = [
@@ -39,10 +57,6 @@ def cmd_doctor(args) -> int:
             ok = False
             _line(False, f"{pip_name}: {type(e).__name__}: {e}  ({why}; pip install {pip_name})")
     try:
-        import torch
-
-        from .device import autocast_dtype, bf16_supported, cpu_has_fast_bf16, get_device
-
         dev = get_device()
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine()
         _line(True, f"device {dev.type} ({name}, torch threads: {torch.get_num_threads()})")
@@ -58,82 +72,59 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    import os
-
-    from .demo import run_demo
-
-    quick = args.quick or os.environ.get("MDLM_COURSE_QUICK", "") not in ("", "0")
-    return run_demo(quick=quick)
+    return run_demo(quick=args.quick or QUICK)
 
 
 def cmd_train(args) -> int:
-    """Train the preset's model on a text file; checkpoints go to --out (see mdlm_course/train.py)."""
-    from pathlib import Path
-
-    import torch.distributed as dist
-
-    from .checkpoint import list_checkpoints, load_checkpoint
-    from .data import CACHE_DIR, DEFAULT_CORPUS, TokenData, load_text, split_text
-    from .model import MDLM, ModelConfig
-    from .tokenizer import BPETokenizer
-    from .train import TrainConfig, TrainingDiverged, prepare_tokenizer, setup_distributed, train
-
+    """Train the preset's model on a text file; checkpoints go to --out (pipeline.train_on_text)."""
     overrides = {k: v for k, v in (("max_steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                                   ("dtype", args.dtype), ("device", args.device), ("seed", args.seed))
-                 if v is not None}
-    if args.compile is not None:
-        overrides["compile"] = args.compile
-    cfg = TrainConfig.preset(args.preset, **overrides)
-    data_path = Path(args.data or DEFAULT_CORPUS)
-    out = Path(args.out or Path("runs") / f"{data_path.stem}-{args.preset}")
-    cache_dir = Path(args.cache_dir) if args.cache_dir else CACHE_DIR
-    # Under torchrun: join the process group first, so that process 0 alone trains and caches the tokenizer.
-    rank, world_size, _, initialised_here = setup_distributed(cfg.device)
-    say = print if rank == 0 else (lambda *a, **k: None)
-    try:
-        text = load_text(data_path)
-        model_config = ModelConfig.preset(args.preset)
-        if args.tokenizer:
-            tok = BPETokenizer.load(args.tokenizer)
-        elif args.resume and list_checkpoints(out):
-            tok = load_checkpoint(out, "latest", verify=False).tokenizer()
-        else:
-            tok = None
-        if tok is None:
-            if rank == 0:
-                say(f"tokenizer: byte-level BPE, vocab_size={model_config.vocab_size}, trained on the train split "
-                    f"of {data_path} (cached in {cache_dir})")
-                tok = prepare_tokenizer(split_text(text)[0], model_config.vocab_size, cache_dir)
-            if world_size > 1:
-                dist.barrier()
-                tok = prepare_tokenizer(split_text(text)[0], model_config.vocab_size, cache_dir)
-        if rank == 0:
-            data = TokenData.from_text(text, tok, cache_dir)
-        if world_size > 1:
-            dist.barrier()
-            data = TokenData.from_text(text, tok, cache_dir)
-        model = MDLM(ModelConfig.preset(args.preset, vocab_size=tok.vocab_size))
-        say(f"data: {data_path}: {data}")
-        say(f"model: {args.preset} preset, {model.num_params() / 1e6:.2f}M parameters; "
-            f"{cfg.max_steps} steps of {cfg.batch_size * cfg.grad_accum * world_size} x {model.config.seq_len} tokens"
-            + (f" on {world_size} processes" if world_size > 1 else ""))
-        say(f"checkpoints -> {out}/step-*  (resume with --resume; load with mdlm_course.load_pretrained('{out}'))")
-        try:
-            result = train(model, cfg, data, tokenizer=tok, out_dir=out, resume=args.resume)
-        except TrainingDiverged as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 3
-        if result.val is not None:
-            say(f"done: step {result.step}, val NELBO {result.val['val_nelbo']:.4f} nats/token, "
-                f"{result.val['val_bpb']:.4f} bits/byte; checkpoint {result.checkpoint}")
-        return 0
-    finally:
-        if initialised_here:
-            dist.destroy_process_group()
+                                   ("dtype", args.dtype), ("device", args.device), ("seed", args.seed),
+                                   ("objective", args.objective), ("init_from", args.init_from),
+                                   ("compile", args.compile)) if v is not None}
+    result = train_on_text(args.data, preset=args.preset, out=args.out, train_overrides=overrides,
+                           tokenizer_path=args.tokenizer, vocab_size=args.vocab_size,
+                           cache_dir=args.cache_dir or CACHE_DIR, resume=args.resume, stop_at=args.stop_at)
+    if result.val is not None:
+        key = next(k for k in ("val_nelbo", "val_nll") if k in result.val)
+        print(f"done: step {result.step}, {key} {result.val[key]:.4f} nats/token, "
+              f"{result.val['val_bpb']:.4f} bits/byte; checkpoint {result.checkpoint}")
+    return 0
+
+
+def cmd_visualize(args) -> int:
+    """Watch the sampler denoise in a pygame window, or write it to a GIF with --record (visualize.py)."""
+    return visualize_command(args.checkpoint, method=args.method, steps=args.steps, seq_len=args.seq_len,
+                             seed=args.seed, temperature=args.temperature, prompt=args.prompt,
+                             record=args.record, stride=args.stride)
+
+
+def cmd_sample(args) -> int:
+    """Print samples from a checkpoint: the plain-text sibling of `visualize`."""
+    return sample_command(args.checkpoint, prompt=args.prompt, method=args.method, steps=args.steps,
+                          num=args.num, seq_len=args.seq_len, seed=args.seed, temperature=args.temperature)
+
+
+def _sampler_args(p: argparse.ArgumentParser) -> None:
+    """The options `visualize` and `sample` share."""
+    p.add_argument("--checkpoint", help="a checkpoint or run directory (default: the shipped one under checkpoints/)")
+    p.add_argument("--method", choices=["ancestral", "first_hitting", "confidence"], default="ancestral")
+    p.add_argument("--steps", type=int, help="sampler steps (default: seq_len; first_hitting: one per token)")
+    p.add_argument("--seq-len", type=int, help="tokens per sample (default: the model's seq_len)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0, help="> 0; lower is more conservative")
+    p.add_argument("--prompt", help="text the sample continues")
+
+
+def cmd_eval(args) -> int:
+    """Validation NELBO (or the AR twin's NLL) with its standard error, and sample quality (evaluate.py)."""
+    evaluate_checkpoint(args.checkpoint, data_path=args.data, windows=args.windows, passes=args.passes,
+                        samples=args.samples, steps=args.steps, method=args.method, judge=args.judge, seed=args.seed)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m mdlm_course", description="Masked diffusion LMs from scratch.")
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("doctor", help="check dependencies, device and bf16 support")
     p.set_defaults(func=cmd_doctor)
@@ -146,7 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="optimizer steps (the preset's max_steps by default)")
     p.add_argument("--out", help="run directory for checkpoints (default runs/<data>-<preset>)")
     p.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --out")
+    p.add_argument("--stop-at", type=int, help="stop after this step (the LR schedule still spans --steps); "
+                                               "continue later with --resume")
+    p.add_argument("--objective", choices=["mdlm", "ar"], help="mdlm (default) or ar: the autoregressive twin")
+    p.add_argument("--init-from", help="start from the weights of this checkpoint or run (e.g. an AR twin's)")
     p.add_argument("--tokenizer", help="a tokenizer .json; default: train one (cached in --cache-dir)")
+    p.add_argument("--vocab-size", type=int, help="vocabulary of a newly trained tokenizer (default: the preset's)")
     p.add_argument("--cache-dir", help="where encoded ids and tokenizers are cached (default data/cache)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -155,16 +151,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cuda, cpu or mps (default: the best available)")
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="validation NELBO / NLL in nats per token and bits per byte, and sample quality")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint or run directory (an MDLM or an AR twin)")
+    p.add_argument("--data", help="the text whose last 5%% is the validation split (default data/shakespeare.txt)")
+    p.add_argument("--windows", type=int, default=64, help="validation windows (default 64)")
+    p.add_argument("--passes", type=int, default=4, help="passes over the stratified t grid, for the standard error")
+    p.add_argument("--samples", type=int, default=0, help="also generate this many windows and score them")
+    p.add_argument("--steps", type=int, default=256, help="sampling steps (MDLM)")
+    p.add_argument("--method", choices=["ancestral", "first_hitting", "confidence"], default="ancestral")
+    p.add_argument("--judge", help="an AR twin's checkpoint: the generative perplexity of the samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("visualize", help="watch a checkpoint denoise in a window (pygame), or --record a GIF")
+    _sampler_args(p)
+    p.add_argument("--record", metavar="OUT.gif", help="render offscreen to an animated GIF and exit (no display needed)")
+    p.add_argument("--stride", type=int, help="with --record: one GIF frame every STRIDE steps (default: at most ~100 frames)")
+    p.set_defaults(func=cmd_visualize)
+    p = sub.add_parser("sample", help="print samples from a checkpoint")
+    _sampler_args(p)
+    p.add_argument("--num", type=int, default=1, help="number of samples")
+    p.set_defaults(func=cmd_sample)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user's mistake (MdlmError) prints one line and exits 2; --debug shows the traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        # Bad input: one clear line, no traceback.
+    except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
+        return 3
+    except CheckpointSaveError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
+    except (MdlmError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        if args.debug:
+            raise
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -5,24 +5,32 @@
                                   fixed, so every run and every notebook evaluates on the same text
     check_long_enough(ids, L)  -> raise if the token stream cannot fill one training window of L tokens
     encode_cached, TokenData, random_windows, fixed_windows  -> token streams and windows (chapter 5)
+    prepare_tokenizer(text, V) -> a BPE tokenizer for a text, trained once and cached
+
+Where the corpus and the cache live: config.COURSE_HOME (the repository, or $MDLM_COURSE_HOME).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+from .config import COURSE_HOME
+from .device import rank_zero_first
+from .errors import MdlmError
+from .fileio import atomic_path, file_problem
+from .tokenizer import BPETokenizer
+
+ROOT = COURSE_HOME
 DATA_DIR = ROOT / "data"
 DEFAULT_CORPUS = DATA_DIR / "shakespeare.txt"
 VAL_FRACTION = 0.05  # the last 5% of the characters is the validation split
 
 
-class DataError(ValueError):
+class DataError(MdlmError):
     """Bad input text. The message is one line and says what to do."""
 
 
@@ -33,10 +41,11 @@ def load_text(path: str | Path, *, min_chars: int = 1) -> str:
     not UTF-8, naming the byte offset of the first bad byte. A leading BOM is dropped.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file. Put a UTF-8 .txt file there (see data/README.md).")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a UTF-8 .txt file.")
+    problem = file_problem(path)
+    if problem is not None:
+        hint = (" Put a UTF-8 .txt file there (see data/README.md), or set MDLM_COURSE_HOME to the course's folder."
+                if problem == "no such file" else " Expected a UTF-8 .txt file.")
+        raise DataError(f"{path}: {problem}.{hint}")
     raw = path.read_bytes()
     if not raw.strip():
         raise DataError(f"{path}: the file is empty (or only whitespace); it needs text to train on.")
@@ -87,9 +96,10 @@ CACHE_DIR = DATA_DIR / "cache"   # gitignored
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
-    """A string that changes whenever the tokenizer would encode differently (merges and specials)."""
+    """A string that changes whenever the tokenizer would encode differently (merges, specials, pre-split regex)."""
     return json.dumps({"merges": [list(p) for p in tokenizer.merges],
-                       "special_tokens": list(tokenizer.special_tokens)}, separators=(",", ":"))
+                       "special_tokens": list(tokenizer.special_tokens),
+                       "split_pattern": getattr(tokenizer, "split_pattern", "")}, separators=(",", ":"))
 
 
 def encode_cached(text: str, tokenizer, cache_dir: str | Path | None = CACHE_DIR, *, name: str = "ids"):
@@ -115,10 +125,13 @@ def encode_cached(text: str, tokenizer, cache_dir: str | Path | None = CACHE_DIR
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.int32
     ids = np.asarray(encode(text), dtype=dtype)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, ids, allow_pickle=False)
-        os.replace(tmp, path)   # atomic: a reader sees the whole file or none
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:                           # a reader sees the whole file or none
+                np.save(tmp, ids, allow_pickle=False)
+        except OSError as e:
+            raise DataError(f"{path.parent}: cannot write the token cache there ({e.strerror or e}); pass another "
+                            "cache_dir (--cache-dir), or cache_dir=None for no cache") from None
     return ids
 
 
@@ -165,3 +178,33 @@ def fixed_windows(ids, seq_len: int, n: int):
     last = len(ids) - seq_len
     starts = torch.linspace(0, last, n).round().long() if n > 1 else torch.zeros(1, dtype=torch.long)   # (n,)
     return ids[starts[:, None] + torch.arange(seq_len)[None, :]]                                          # (n, L)
+
+
+# ---------------------------------------------------------------------------------------------
+# A tokenizer for a text, trained once and cached
+# ---------------------------------------------------------------------------------------------
+
+def prepare_tokenizer(train_text: str, vocab_size: int, cache_dir: str | Path | None = CACHE_DIR, *,
+                      verbose: bool = True) -> BPETokenizer:
+    """A byte-level BPE tokenizer trained on `train_text`: loaded from cache_dir when one was trained on the
+    same text with the same vocab_size before, else trained (seconds to a minute for 5 MB) and cached there.
+
+    Under torchrun, process 0 trains and caches it first; the others then load it (device.rank_zero_first).
+    A cached file that cannot be read (truncated, edited) is trained again, with a word about it.
+    """
+    key = hashlib.sha256(train_text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    path = Path(cache_dir) / f"tokenizer-{vocab_size}-{key}.json" if cache_dir is not None else None
+
+    def load_or_train() -> BPETokenizer:
+        if path is not None and path.exists():
+            try:
+                return BPETokenizer.load(path)
+            except ValueError as e:
+                print(f"warning: the cached tokenizer {path} is unusable ({str(e).splitlines()[0]}); training it again")
+        tok = BPETokenizer.train(train_text, vocab_size, verbose=verbose)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tok.save(path)
+        return tok
+
+    return rank_zero_first(load_or_train)

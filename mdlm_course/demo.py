@@ -1,92 +1,36 @@
-"""`make demo`: the whole course in one run, in the terminal.
+"""`make demo`: the whole course in one run, from the tokenizer to watching the model denoise.
 
     1. the tokenizer: byte-level BPE trained on the corpus (progress bar), and a sentence cut into tokens;
     2. the model: the shipped checkpoint in checkpoints/ if there is one, else a small MDLM trained
        here for a minute or two on the Shakespeare train split (progress bar, validation NELBO);
     3. live denoising: the sampler starts from a line of [MASK] (shown as ░) and unmasks a few
-       positions per step, redrawn in place on a terminal, or printed as a few frames when the
-       output is a file or a pipe (no display needed).
+       positions per step. With a display (DISPLAY or WAYLAND_DISPLAY on Linux; macOS; Windows) and
+       pygame installed, in a window that closes by itself 5 s after the sample is done unless a key
+       is pressed; otherwise redrawn in place on a terminal, or printed as a few frames when the
+       output is a file, a pipe or a dumb terminal. Either way the demo ends by itself.
+The views live in mdlm_course/visualize.py; this file is only the demo's script.
 """
 from __future__ import annotations
 
-import sys
-import time
-from pathlib import Path
-
 import torch
 
-from .data import DEFAULT_CORPUS, ROOT, load_text, split_text
+from .checkpoint import load_pretrained
+from .config import ModelConfig, TrainConfig
+from .data import DEFAULT_CORPUS, ROOT, TokenData, load_text, split_text
+from .model import MDLM
+from .tokenizer import BPETokenizer, show_split
+from .train import train
+from .visualize import (CHECKPOINTS, MASK_GLYPH, DenoisingWindow, VisualizeError,  # noqa: F401
+                        display_available, find_shipped_checkpoint, import_pygame, render, show_denoising)
 
-CHECKPOINTS = ROOT / "checkpoints"
-MASK_GLYPH = "░"
 SENTENCES = ["To be, or not to be: that is the question.",
              "Now is the winter of our discontent",
              "Diffusion models 🤖 write 漢字 too"]
-
-
-def render(tokenizer, ids, mask_glyph: str = MASK_GLYPH) -> str:
-    """Text of one sequence with each [MASK] drawn as a glyph.  render(tok, [84, mask, 33]) -> 'T░!'"""
-    out, span = [], []
-    for i in ids.tolist() if torch.is_tensor(ids) else ids:
-        if i == tokenizer.mask_id:
-            out.append(tokenizer.decode(span))
-            out.append(mask_glyph)
-            span = []
-        else:
-            span.append(i)
-    out.append(tokenizer.decode(span))
-    return "".join(out)
-
-
-def show_denoising(model, tokenizer, *, seq_len: int, steps: int, method: str = "ancestral",
-                   prompt: str | None = None, seed: int = 0, temperature: float = 1.0,
-                   live: bool | None = None, fps: float = 20.0, frames_when_not_live: int = 4,
-                   out=None) -> str:
-    """Run the sampler and show its trajectory; return the final text.
-
-    live (default: stdout is a terminal) redraws one frame per step in place; otherwise prints
-    `frames_when_not_live` evenly spaced frames, so logs and notebooks stay short.
-    """
-    from .sampling import denoise
-
-    out = out or sys.stdout
-    live = out.isatty() if live is None else live
-    generator = torch.Generator().manual_seed(seed)
-    prompt_ids = torch.tensor(tokenizer.encode(prompt)) if prompt else None
-    frames = denoise(model, mask_id=tokenizer.mask_id, num_samples=1, seq_len=seq_len, steps=steps,
-                     method=method, temperature=temperature, prompt=prompt_ids, generator=generator)
-    total = seq_len if method == "first_hitting" else steps
-    shown = {max(1, round(total * k / frames_when_not_live)) for k in range(1, frames_when_not_live + 1)}
-    text = ""
-    for step, t, xt, nfe in frames:
-        text = render(tokenizer, xt[0])
-        header = f"step {step}/{total}  t={float(t[0]):.3f}  network calls={nfe}  masked={int((xt[0] == tokenizer.mask_id).sum())}"
-        if live:
-            out.write("\x1b[H\x1b[J" + header + "\n\n" + text + "\n")
-            out.flush()
-            time.sleep(1.0 / fps)
-        elif step in shown:
-            out.write(f"--- {header}\n{text}\n\n")
-    out.flush()
-    return text
-
-
-def find_shipped_checkpoint() -> Path | None:
-    """The first run directory (or checkpoint) under checkpoints/ that holds a model, if any."""
-    from .checkpoint import CheckpointError, find_checkpoint
-
-    for d in sorted(p for p in CHECKPOINTS.iterdir() if p.is_dir()) if CHECKPOINTS.is_dir() else []:
-        try:
-            return find_checkpoint(d)
-        except CheckpointError:
-            continue
-    return None
+WINDOW_LINGER_S = 5.0      # the demo's window closes this long after the sample is done, unless a key is pressed
 
 
 def demo_tokenizer(train_text: str, val_text: str, vocab_size: int):
     """Chapter 1 on one screen: train BPE (with a progress bar), then show how text is cut."""
-    from .tokenizer import BPETokenizer, show_split
-
     print(f"== 1. Tokenizer: byte-level BPE on {DEFAULT_CORPUS.name} "
           f"({len(train_text.encode()) / 1e6:.1f} MB of the train split), vocab_size={vocab_size}", flush=True)
     tok = BPETokenizer.train(train_text, vocab_size)
@@ -104,10 +48,6 @@ def demo_train(text: str, tok, *, quick: bool):
 
     Its samples are word salad with Shakespeare's spelling; notebook 05 trains a real one.
     """
-    from .data import TokenData
-    from .model import MDLM, ModelConfig
-    from .train import TrainConfig, train
-
     model_cfg = ModelConfig.preset("tiny", vocab_size=tok.vocab_size, n_layer=2 if quick else 3, d_model=64 if quick else 96,
                                    n_head=2 if quick else 3)
     cfg = TrainConfig.preset("tiny", max_steps=30 if quick else 300, batch_size=16, eval_interval=10_000,
@@ -125,13 +65,25 @@ def demo_train(text: str, tok, *, quick: bool):
     return model.eval()
 
 
-def run_demo(quick: bool = False, live: bool | None = None, use_checkpoint: bool = True) -> int:
+def want_window(live: bool | None) -> bool:
+    """Open the pygame window when nobody asked for the terminal (live is None), a display is there,
+    and pygame is installed (if it is not, say so and use the terminal)."""
+    if live is not None or not display_available():
+        return False
+    try:
+        import_pygame()
+    except VisualizeError as e:
+        print(f"  ({e}; showing it in the terminal instead)")
+        return False
+    return True
+
+
+def run_demo(quick: bool = False, live: bool | None = None, use_checkpoint: bool = True,
+             window: bool | None = None) -> int:
+    """The demo. live: None = redraw in place if stdout is a terminal. window: None = a pygame window
+    when there is a display and live is None (so a test passing live=False never opens one)."""
     shipped = find_shipped_checkpoint() if use_checkpoint else None
     if shipped is not None:
-        from .checkpoint import load_pretrained
-
-        from .tokenizer import show_split
-
         model, tok, meta = load_pretrained(shipped)
         print(f"== 1. Tokenizer (from the checkpoint): {tok}")
         for sentence in SENTENCES[:2]:
@@ -148,8 +100,15 @@ def run_demo(quick: bool = False, live: bool | None = None, use_checkpoint: bool
         tok = demo_tokenizer(train_text, val_text, 512 if quick else 1024)
         model = demo_train(text, tok, quick=quick)
         seq_len = model.config.seq_len
+    window = want_window(live) if window is None else window
     print(f"== 3. Sampling: ancestral sampler, {seq_len} tokens, from all-[MASK] ({MASK_GLYPH}) to text", flush=True)
-    show_denoising(model, tok, seq_len=seq_len, steps=seq_len, seed=0, live=live)
+    if window:
+        print(f"  in a window: it closes {WINDOW_LINGER_S:.0f} s after the sample is done, unless you press a key "
+              "(keys are listed at its bottom; Q quits)", flush=True)
+        text = DenoisingWindow(model, tok, seq_len=seq_len, steps=seq_len, seed=0, linger=WINDOW_LINGER_S).run()
+        print(f"{text}\n")
+    else:
+        show_denoising(model, tok, seq_len=seq_len, steps=seq_len, seed=0, live=live)
     print("== 3b. Prompted: the prompt is kept, the rest is generated", flush=True)
     final = show_denoising(model, tok, seq_len=seq_len, steps=seq_len, prompt="ROMEO:\n", seed=1, live=live)
     print(f"Final sample:\n{final}\n")

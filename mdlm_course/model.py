@@ -19,89 +19,20 @@ Time conditioning (`time_conditioning=True`, off by default) is an ablation: a s
 of t feeds adaLN modulation, norm(h) * (1 + scale(t)) + shift(t) and h + (1 + gate(t)) * branch.
 The modulation layers start at zero, so at initialisation the model equals the unconditioned one.
 MDLM does not need it: under absorbing diffusion the best denoiser p(x_0 | x_t) does not depend on t
-(notebook 03). A time-conditioned model changes its output when t changes even if x_t does not, so
-the caching sampler must be disabled for it (`model.time_conditioned`).
+(notebook 03). A time-conditioned model changes its output when t changes even if x_t does not; the
+samplers stay exact for it anyway, because they only skip the network on steps that reveal nothing and
+always call it with the current (x_t, t) (sampling.py, tests/test_sampling.py).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass
-class ModelConfig:
-    vocab_size: int = 4096          # tokenizer vocabulary, incl. the [MASK] token
-    seq_len: int = 256              # tokens per window; the RoPE tables are built for this length
-    n_layer: int = 6                # transformer blocks
-    n_head: int = 4                 # attention heads; d_model must divide by n_head
-    d_model: int = 256              # width of the residual stream
-    dropout: float = 0.0            # on attention weights and residual branches (0: none)
-    tie_embeddings: bool = False    # share the output head with the token embedding
-    time_conditioning: bool = False  # adaLN from a sinusoidal embedding of t (an ablation)
-    causal: bool = False            # True: autoregressive mask (the AR twin); False: bidirectional
-    rope_base: float = 10000.0      # RoPE base: the slowest pair turns once per ~2*pi*base tokens
-    cond_dim: int = 128             # width of the time embedding (only with time_conditioning)
-    norm_eps: float = 1e-6          # RMSNorm epsilon
-
-    def __post_init__(self):
-        for name in ("vocab_size", "seq_len", "n_layer", "n_head", "d_model", "cond_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
-        if (self.d_model // self.n_head) % 2:
-            raise ValueError(f"head size d_model/n_head={self.d_model // self.n_head} must be even for RoPE")
-        if self.cond_dim % 2:
-            raise ValueError(f"cond_dim={self.cond_dim} must be even (sinusoidal features come in cos/sin pairs)")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def d_head(self) -> int:
-        return self.d_model // self.n_head
-
-    @property
-    def d_hidden(self) -> int:
-        """SwiGLU hidden size: 8/3 d rounded up to a multiple of 64.  d_model=256 -> 704"""
-        return 64 * math.ceil(8 * self.d_model / 3 / 64)
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "ModelConfig":
-        """ModelConfig.preset("cpu", vocab_size=tok.vocab_size) -> the "cpu" preset with overrides."""
-        return from_preset(PRESETS, "model", name, overrides)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def from_preset(presets: dict, kind: str, name: str, overrides: dict):
-    """presets[name] with some fields replaced; a one-line error for an unknown name or field.
-
-    Shared by ModelConfig.preset and train.TrainConfig.preset (kind: "model" or "train").
-    """
-    if name not in presets:
-        raise ValueError(f"unknown {kind} preset {name!r}; choose from {sorted(presets)}")
-    base = presets[name]
-    bad = set(overrides) - set(asdict(base))
-    if bad:
-        raise ValueError(f"unknown {type(base).__name__} field(s) {sorted(bad)}")
-    return replace(base, **overrides)
-
-
-# Parameter counts (untied head, no time conditioning; tests/test_model.py checks them):
-#   tiny:   0.17 M  (2 x 64, vocab 512, T=64)       tests and quick mode, seconds on a CPU
-#   cpu:    6.92 M  (6 x 256, vocab 4096, T=256)    a laptop CPU, well under an hour
-#   gpu:   40.51 M  (10 x 512, vocab 8192, T=512)   one GPU, minutes
-PRESETS = {
-    "tiny": ModelConfig(vocab_size=512, seq_len=64, n_layer=2, n_head=2, d_model=64),
-    "cpu": ModelConfig(vocab_size=4096, seq_len=256, n_layer=6, n_head=4, d_model=256),
-    "gpu": ModelConfig(vocab_size=8192, seq_len=512, n_layer=10, n_head=8, d_model=512),
-}
+from .config import PRESETS, ModelConfig  # noqa: F401  (re-exported: model.ModelConfig)
 
 
 class RMSNorm(nn.Module):
@@ -253,6 +184,9 @@ class MDLM(nn.Module):
             nn.init.zeros_(self.final_modulation.bias)
         if config.tie_embeddings:
             self.head.weight = self.tok_emb.weight
+        # forward() checks that every id is in [0, vocab_size) when this is True. Off by default: the check
+        # reads xt's min and max back from the GPU, a sync per call. MDLM_COURSE_DEBUG=1 turns it on.
+        self.check_inputs = os.environ.get("MDLM_COURSE_DEBUG", "") not in ("", "0")
 
     @staticmethod
     def _init_weights(module):
@@ -263,17 +197,26 @@ class MDLM(nn.Module):
 
     @property
     def time_conditioned(self) -> bool:
-        """True if the output depends on t as well as x_t (then a sampler may not cache logits)."""
+        """True if the output depends on t as well as x_t. For information: the samplers need not read it,
+        since they never reuse logits across times (sampling.py)."""
         return self.config.time_conditioning
 
     def forward(self, xt: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids xt (B, L), L <= seq_len, and times t (B,) -> raw logits (B, L, V).
 
-        t is ignored unless config.time_conditioning, which requires it.
+        t is ignored unless config.time_conditioning, which requires it. Integer ids of any dtype are accepted
+        (uint8, int16: cast to int64). With model.check_inputs (MDLM_COURSE_DEBUG=1), ids outside
+        [0, vocab_size) give a ValueError instead of an index error deep inside torch.
         """
-        if xt.dim() != 2 or xt.dtype not in (torch.long, torch.int32, torch.int64):
+        if xt.dim() != 2 or xt.is_floating_point() or xt.is_complex() or xt.dtype == torch.bool:
             raise ValueError(f"xt must be integer token ids of shape (B, L), got {tuple(xt.shape)} {xt.dtype}")
+        if xt.dtype not in (torch.int32, torch.int64):
+            xt = xt.long()                                          # the embedding takes int32 or int64
         B, L = xt.shape
+        V = self.config.vocab_size
+        if self.check_inputs and xt.numel() and not (0 <= int(xt.min()) and int(xt.max()) < V):
+            raise ValueError(f"xt holds token ids outside [0, {V}) (min {int(xt.min())}, max {int(xt.max())}); "
+                             "encode the text with the model's tokenizer")
         if L > self.config.seq_len:
             raise ValueError(
                 f"sequence length {L} exceeds config.seq_len={self.config.seq_len} (the RoPE tables' size); "
@@ -319,3 +262,30 @@ class MDLM(nn.Module):
                 counts["time_conditioning"] += p.numel()
         assert sum(counts.values()) == self.num_params(), counts
         return counts
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DistributedDataParallel (`.module`) and torch.compile (`._orig_mod`)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def flops_per_token(model: nn.Module, seq_len: int | None = None) -> float:
+    """Training FLOPs per token: 6 N + 12 n_layer L d_model.
+
+    A matrix multiply with N weights costs 2N FLOPs per token forward and 4N backward (gradients for the
+    input and for the weights): 6N. Attention's q k^T and (softmax) v each cost 2 L d per token and layer
+    forward, three times that with the backward: 12 L d. Embedding look-ups, norms and softmax are ignored.
+    N counts the per-token nn.Linear weights (attention, MLP, the output head) but not the embedding.
+    """
+    raw = unwrap(model)
+    cfg = raw.config
+    seq_len = seq_len or cfg.seq_len
+    n = sum(m.weight.numel() for name, m in raw.named_modules()
+            if isinstance(m, nn.Linear) and "modulation" not in name and not name.startswith("time_mlp"))
+    return 6.0 * n + 12.0 * cfg.n_layer * seq_len * cfg.d_model

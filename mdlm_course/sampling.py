@@ -46,9 +46,14 @@ Methods (`method=`):
 
 Semi-autoregressive blocks (`block_length=`): the sequence is cut into blocks of that many positions;
 block b is denoised completely (a full run of `method` from t = 1 to 0, with `steps` steps per block)
-before block b + 1 starts. Later blocks are kept MASKED and stay in the model's input (not cut off):
-an MDLM was trained on fully masked spans, so this is in distribution. The time t given to the model
-is the current block's.
+before block b + 1 starts. Later blocks are kept MASKED and stay in the model's input (not cut off).
+This is an approximation, LLaDA's practice, not a sampler of the model's distribution: MDLM trains on
+independent per-position masks, so a clean prefix followed by a fully masked suffix at small t is out
+of distribution (at t = 0.1 training almost never shows 200 masked positions in a row). The MDLM paper's
+own semi-autoregressive sampling is different: it generates a sequence longer than the training window
+by sliding a window over it, keeping the last part of the previous window as a clean prefix and
+sampling the rest of the window with the ordinary sampler. The time t given to the model is the
+current block's.
 
 Prompting and infilling (`prompt=`): a 1-D LongTensor. Shorter than seq_len: a prefix. Exactly
 seq_len long: a template, in which positions equal to mask_id are generated and every other position
@@ -58,27 +63,28 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.nn as nn
 
-from .diffusion import CosineSchedule, LogLinearSchedule, Schedule, get_schedule, unmask_probability
+from .diffusion import Model, Schedule, forbid_mask, get_schedule, uniform, unmask_probability
 
 METHODS = ("ancestral", "first_hitting", "confidence")
+MIN_TEMPERATURE = 1e-3   # below this, logits / temperature overflows float64 for logits of a few hundred
 
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]   # model(xt (B, L), t (B,)) -> logits (B, L, V)
+
+class Step(NamedTuple):
+    """One step of the sampler, as `denoise` yields it. Unpacks like a tuple: for step, t, xt, nfe in ..."""
+    step: int                # 1, 2, ... counted across blocks
+    t: torch.Tensor          # (num_samples,) float64: the time of xt after the step
+    xt: torch.Tensor         # (num_samples, seq_len) ids, a copy
+    nfe: int                 # network calls so far
 
 
 # ---------------------------------------------------------------------------------------------
 # Float64 categorical draws
 # ---------------------------------------------------------------------------------------------
-
-def _uniform(shape, generator: torch.Generator | None, device) -> torch.Tensor:
-    """float64 uniforms in [0, 1) (53 random bits), drawn on the generator's device and moved."""
-    gen_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=gen_device, dtype=torch.float64).to(device)
-
 
 def token_probs(logits: torch.Tensor, mask_id: int, temperature: float = 1.0,
                 top_p: float | None = None) -> torch.Tensor:
@@ -88,8 +94,7 @@ def token_probs(logits: torch.Tensor, mask_id: int, temperature: float = 1.0,
     of most probable tokens whose mass reaches top_p and renormalises:
     p = [0.5, 0.3, 0.2], top_p = 0.6 -> [0.625, 0.375, 0].
     """
-    logits = logits.double()                                        # (N, V) float64 from here on
-    logits = logits.index_fill(-1, torch.tensor([mask_id], device=logits.device), -math.inf)
+    logits = forbid_mask(logits, mask_id, torch.float64)            # (N, V) float64 from here on
     probs = torch.softmax(logits / temperature, dim=-1)             # (N, V)
     if top_p is not None and top_p < 1:
         sorted_p, order = probs.sort(dim=-1, descending=True)       # (N, V)
@@ -109,7 +114,11 @@ def categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -
     """
     probs = probs.double()
     cdf = probs.cumsum(-1)                                          # (N, V) float64
-    u = _uniform((probs.shape[0], 1), generator, probs.device) * cdf[:, -1:]   # (N, 1) in [0, total)
+    total = cdf[:, -1]                                              # (N,)
+    if not bool((torch.isfinite(total) & (total > 0)).all()) or bool((probs < 0).any()):
+        raise ValueError("the model's probabilities are NaN, inf, negative or all zero (NaN weights, or a "
+                         "temperature too close to 0); check the checkpoint and the temperature")
+    u = uniform((probs.shape[0], 1), generator, probs.device, torch.float64) * cdf[:, -1:]   # (N, 1) in [0, total)
     x = torch.searchsorted(cdf, u, right=True)[:, 0]                # (N,)
     # u * total can round up to the total: never return a trailing zero-probability token.
     last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).to(torch.int8).argmax(-1)        # (N,)
@@ -166,7 +175,7 @@ def _model_device(model: Model) -> torch.device:
 # The three samplers, each for one block of positions (`todo`), each a generator of steps
 # ---------------------------------------------------------------------------------------------
 
-def _ancestral(net, xt, todo, *, steps, schedule, mask_id, draw, generator, cache, **_):
+def _ancestral(net, xt, todo, *, steps, schedule, mask_id, draw, generator, cache):
     """The exact reverse step from t = k/steps to s = (k-1)/steps, k = steps..1. Yields (t, xt)."""
     B, L = xt.shape
     grid = torch.arange(steps + 1, dtype=torch.float64) / steps    # t_0 = 0, ..., t_steps = 1
@@ -178,7 +187,7 @@ def _ancestral(net, xt, todo, *, steps, schedule, mask_id, draw, generator, cach
         if n_left == 0:
             return
         # stage 1: which masked positions are revealed; pi = (alpha_s - alpha_t) / (1 - alpha_t)
-        reveal = masked & (_uniform((B, L), generator, xt.device) < pis[k - 1])         # (B, L)
+        reveal = masked & (uniform((B, L), generator, xt.device, torch.float64) < pis[k - 1])         # (B, L)
         n_reveal = int(reveal.sum())
         if n_reveal or not cache:
             t = torch.full((B,), k / steps, dtype=torch.float64, device=xt.device)     # x_t is at time t
@@ -197,22 +206,7 @@ def _ancestral(net, xt, todo, *, steps, schedule, mask_id, draw, generator, cach
         yield torch.full((B,), (k - 1) / steps, dtype=torch.float64, device=xt.device), xt
 
 
-def _alpha_inverse(schedule: Schedule, alpha: torch.Tensor) -> torch.Tensor:
-    """The time t with schedule.alpha(t) = alpha (float64). Closed form for the two built-in
-    schedules, bisection (alpha is decreasing in t) for any other."""
-    if isinstance(schedule, LogLinearSchedule):                     # alpha = 1 - (1 - eps) t
-        return ((1 - alpha) / (1 - schedule.eps)).clamp(0, 1)
-    if isinstance(schedule, CosineSchedule):                        # alpha = eps + (1 - eps) cos(pi t / 2)
-        return 2 / math.pi * torch.acos(((alpha - schedule.eps) / (1 - schedule.eps)).clamp(-1, 1))
-    lo, hi = torch.zeros_like(alpha), torch.ones_like(alpha)
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        too_early = schedule.alpha(mid) > alpha                     # still too clean: go later
-        lo, hi = torch.where(too_early, mid, lo), torch.where(too_early, hi, mid)
-    return (lo + hi) / 2
-
-
-def _first_hitting(net, xt, todo, *, schedule, mask_id, draw, generator, **_):
+def _first_hitting(net, xt, todo, *, schedule, mask_id, draw, generator):
     """Zheng et al.'s first-hitting sampler: one revealed position per network call. Yields (t, xt)."""
     B, L = xt.shape
     t = torch.ones(B, dtype=torch.float64, device=xt.device)        # (B,) time of the current state
@@ -222,11 +216,11 @@ def _first_hitting(net, xt, todo, *, schedule, mask_id, draw, generator, **_):
         masked = (xt == mask_id) & todo                             # (B, L), n per row
         logits = net(xt, t)                                         # (B, L, V)
         # the next event: (1 - alpha_s) / (1 - alpha_t) = u^(1/n)
-        u = _uniform((B,), generator, xt.device)
+        u = uniform((B,), generator, xt.device, torch.float64)
         alpha_t = schedule.alpha(t)
-        s = _alpha_inverse(schedule, 1 - (1 - alpha_t) * u ** (1.0 / n))               # (B,)
+        s = schedule.alpha_inverse(1 - (1 - alpha_t) * u ** (1.0 / n))                 # (B,)
         # which position: uniform among the n masked ones (the rank-th, rank = floor(v n))
-        rank = (_uniform((B,), generator, xt.device) * n).long().clamp_max(n - 1)       # (B,)
+        rank = (uniform((B,), generator, xt.device, torch.float64) * n).long().clamp_max(n - 1)       # (B,)
         is_pick = masked & (masked.cumsum(1) - 1 == rank[:, None])  # (B, L), one True per row
         pos = is_pick.to(torch.int8).argmax(1)                      # (B,)
         xt[rows, pos] = draw(logits[rows, pos])                     # float64 draw from p_theta
@@ -234,7 +228,7 @@ def _first_hitting(net, xt, todo, *, schedule, mask_id, draw, generator, **_):
         yield t, xt
 
 
-def _confidence(net, xt, todo, *, steps, schedule, mask_id, draw_with_probs, cache, **_):
+def _confidence(net, xt, todo, *, steps, schedule, mask_id, draw_with_probs, cache):
     """Low-confidence remasking (not exact): commit the most confident draws. Yields (t, xt)."""
     B, L = xt.shape
     n0 = int(((xt[0] == mask_id) & todo).sum())
@@ -259,9 +253,6 @@ def _confidence(net, xt, todo, *, steps, schedule, mask_id, draw_with_probs, cac
             keep = confidence.topk(n_commit, dim=1).indices         # (B, n_commit)
             xt.scatter_(1, keep, proposal.gather(1, keep))
         yield torch.full((B,), s, dtype=torch.float64, device=xt.device), xt
-
-
-_SAMPLERS = {"ancestral": _ancestral, "first_hitting": _first_hitting, "confidence": _confidence}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,8 +286,8 @@ def denoise(model: Model, *, mask_id: int, num_samples: int, seq_len: int, steps
             method: str = "ancestral", temperature: float = 1.0, top_p: float | None = None,
             prompt: torch.Tensor | None = None, generator: torch.Generator | None = None,
             schedule: Schedule | str | None = None, block_length: int | None = None,
-            cache: bool = True) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, int]]:
-    """The sampler, one step at a time: yields (step, t, xt, nfe) after every step.
+            cache: bool = True) -> Iterator[Step]:
+    """The sampler, one step at a time: yields Step(step, t, xt, nfe) after every step.
 
     step: 1, 2, ... (counted across blocks); t: (num_samples,) float64, the time of xt after the step
     (0 at the end of a block; per sample for first_hitting); xt: (num_samples, seq_len) ids, a copy;
@@ -311,9 +302,10 @@ def denoise(model: Model, *, mask_id: int, num_samples: int, seq_len: int, steps
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if method != "first_hitting" or steps is not None:
         _check_int("steps", steps)                  # first_hitting ignores steps (None allowed)
-    if not isinstance(temperature, (int, float)) or not temperature > 0 or math.isinf(temperature):
-        raise ValueError(f"temperature must be a finite number > 0 (use e.g. 0.1 for near-greedy), "
-                         f"got {temperature!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or \
+            not MIN_TEMPERATURE <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= {MIN_TEMPERATURE} (use e.g. 0.1 for "
+                         f"near-greedy), got {temperature!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
     if block_length is not None:
@@ -351,11 +343,18 @@ def _run(model, *, template, mask_id, num_samples, steps, method, temperature, t
         positions = torch.arange(template.numel(), device=work)
         for start in range(0, template.numel(), block_length):
             todo = (positions >= start) & (positions < start + block_length)           # (L,) this block
-            for t, xt in _SAMPLERS[method](net, xt, todo, steps=steps, schedule=schedule, mask_id=mask_id,
-                                           draw=draw, draw_with_probs=draw_with_probs,
-                                           generator=generator, cache=cache):
+            if method == "ancestral":
+                block = _ancestral(net, xt, todo, steps=steps, schedule=schedule, mask_id=mask_id, draw=draw,
+                                   generator=generator, cache=cache)
+            elif method == "first_hitting":
+                block = _first_hitting(net, xt, todo, schedule=schedule, mask_id=mask_id, draw=draw,
+                                       generator=generator)
+            else:
+                block = _confidence(net, xt, todo, steps=steps, schedule=schedule, mask_id=mask_id,
+                                    draw_with_probs=draw_with_probs, cache=cache)
+            for t, xt in block:
                 step += 1
-                yield step, t, xt.clone(), net.nfe
+                yield Step(step, t, xt.clone(), net.nfe)
     finally:
         if was_training:
             model.train()

@@ -5,10 +5,26 @@ line, and the detail a reader needs (the path, the byte offset of the first bad 
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
 from mdlm_course import DataError, load_text, split_text
-from mdlm_course.data import DEFAULT_CORPUS, VAL_FRACTION, check_long_enough
+from mdlm_course.data import (DEFAULT_CORPUS, VAL_FRACTION, TokenData, check_long_enough, encode_cached, fixed_windows,
+                              random_windows)
+from mdlm_course.tokenizer import BPETokenizer
+
+TEXT = DEFAULT_CORPUS.read_text(encoding="utf-8")[:40_000]
+
+
+@pytest.fixture(scope="module")
+def byte_tok():
+    return BPETokenizer([])   # byte-level: id = byte value, mask_id = 256
+
+
+@pytest.fixture(scope="module")
+def data(byte_tok):
+    return TokenData.from_text(TEXT, byte_tok, cache_dir=None)
 
 
 def _error(path, **kwargs) -> str:
@@ -109,3 +125,33 @@ def test_utf16_file_gets_a_hint(tmp_path):
     p.write_bytes("To be, or not to be".encode("utf-16"))
     with pytest.raises(DataError, match=r"NUL byte at byte offset \d+.*UTF-16"):
         load_text(p)
+
+
+# ---------------------------------------------------------------------------------------------- token streams and windows
+
+def test_random_and_fixed_windows_are_contiguous_slices():
+    ids = torch.arange(1000)
+    w = random_windows(ids, 8, 16, torch.Generator().manual_seed(0))
+    assert w.shape == (8, 16)
+    assert torch.equal(w - w[:, :1], torch.arange(16).expand(8, 16))   # consecutive ids
+    f = fixed_windows(ids, 16, 10)
+    assert f.shape == (10, 16) and f[0, 0] == 0 and f[-1, -1] == 999   # first and last possible window
+    assert (f[1:, 0] - f[:-1, 0] >= 16).all()                           # no overlap
+    assert torch.equal(fixed_windows(ids, 16, 10), f)
+    assert fixed_windows(torch.arange(40), 16, 10).shape == (2, 16)    # only 2 whole windows fit
+
+
+def test_encode_cached(tmp_path, byte_tok):
+    tok = BPETokenizer.train(TEXT[:5000], 270, verbose=False)
+    ids = encode_cached(TEXT[:3000], tok, tmp_path)
+    assert ids.tolist() == tok.encode(TEXT[:3000]) and ids.dtype == np.uint16
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+    again = encode_cached(TEXT[:3000], tok, tmp_path)
+    assert np.array_equal(ids, again) and len(list(tmp_path.glob("*.npy"))) == 1   # a cache hit
+    encode_cached(TEXT[:3000], byte_tok, tmp_path)                                  # other tokenizer: other key
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+
+
+def test_token_data_splits_on_characters(data):
+    assert len(data.train_ids) + len(data.val_ids) == len(TEXT.encode("utf-8"))   # bytes: 1 token each
+    assert bytes(data.val_ids.tolist()).decode() == TEXT[-len(TEXT) // 20:]      # the last 5%

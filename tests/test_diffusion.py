@@ -147,9 +147,9 @@ def test_unmask_probability_is_the_true_posterior(name):
     assert abs(frac - p) <= SIGMAS * math.sqrt(p * (1 - p) / m)
 
 
-def test_antithetic_times_are_stratified():
+def test_stratified_times_have_one_per_stratum():
     B = 64
-    t = sample_t(B, antithetic=True, generator=torch.Generator().manual_seed(0))
+    t = sample_t(B, stratified=True, generator=torch.Generator().manual_seed(0))
     assert t.shape == (B,) and (t >= T_MIN).all() and (t <= 1).all()
     u = (t - T_MIN) / (1 - T_MIN)
     counts = torch.bincount((u * B).long().clamp_max(B - 1), minlength=B)

@@ -10,6 +10,8 @@ from run import run_notebook  # noqa: E402
 
 NOTEBOOKS = sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))
 
+pytestmark = pytest.mark.slow   # subprocesses / notebooks: `pytest -m "not slow"` skips them
+
 
 def test_notebooks_exist():
     assert NOTEBOOKS, "no notebooks found"

@@ -19,9 +19,9 @@ import math
 import pytest
 import torch
 
-from mdlm_course.diffusion import LogLinearSchedule, Schedule, get_schedule, unmask_probability
-from mdlm_course.sampling import (_alpha_inverse, categorical, denoise, sample, token_probs)
-from mdlm_course.toy import ToyDistribution
+from mdlm_course.diffusion import LogLinearSchedule, Schedule, get_schedule
+from mdlm_course.sampling import (categorical, denoise, sample, token_probs)
+from mdlm_course.toy import ToyDistribution, law as law_over, race_ancestral, race_step, tv, zipf_staircase
 
 
 
@@ -37,13 +37,8 @@ N_TOY = 20_000
 
 
 def law(x: torch.Tensor) -> torch.Tensor:
-    """Empirical law over TOY.support of samples x (n, 4): index = sum_i x_i 3^(3-i) (itertools order)."""
-    idx = (x * 3 ** torch.arange(3, -1, -1)).sum(1)
-    return torch.bincount(idx, minlength=81).double() / len(x)
-
-
-def tv(p: torch.Tensor, q: torch.Tensor) -> float:
-    return 0.5 * float((p - q).abs().sum())
+    """Empirical law over TOY.support of samples x (n, 4) (toy.law, in itertools order)."""
+    return law_over(x, TOY.V)
 
 
 def product_of_marginals() -> torch.Tensor:
@@ -123,7 +118,7 @@ def test_alpha_inverse(schedule):
         schedule = Quadratic()
     schedule = get_schedule(schedule)
     t = torch.linspace(0, 1, 101, dtype=torch.float64)
-    torch.testing.assert_close(_alpha_inverse(schedule, schedule.alpha(t)), t, rtol=0, atol=1e-9)  # ~ bisection 2^-60
+    torch.testing.assert_close(schedule.alpha_inverse(schedule.alpha(t)), t, rtol=0, atol=1e-9)  # ~ bisection 2^-60
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,50 +282,7 @@ def test_categorical_is_float64_inverse_cdf():
 # (a "Zipf staircase": every token of a bin has the same probability). The bins make the float32 race
 # cheap to simulate exactly (below). The smallest probability is 1.8e-6.
 
-V_ZIPF = 50_000
-
-
-def zipf_staircase(V: int = V_ZIPF, n_bins: int = 48):
-    """-> (sizes (G,), p_bin (G,) float64): G bins of sizes[g] tokens, each of probability p_bin[g]."""
-    zipf = 1 / torch.arange(1, V + 1, dtype=torch.float64)
-    zipf = zipf / zipf.sum()
-    edges = torch.logspace(0, math.log10(V), n_bins, dtype=torch.float64).round().long() - 1
-    edges = torch.cat([edges, torch.tensor([V])]).unique()
-    sizes = edges[1:] - edges[:-1]
-    mass = torch.stack([zipf[a:b].sum() for a, b in zip(edges[:-1].tolist(), edges[1:].tolist())])
-    return sizes, mass / sizes
-
-
-def race_step(sizes, p_bin, pi: float, *, rows: int, bits: int, generator) -> torch.Tensor:
-    """One reverse step as naive code writes it: ONE categorical draw over [V tokens with weight
-    pi * p(x), MASK with weight 1 - pi] by an exponential race,
-        winner = argmax_i w_i / E_i,   E_i = -log u_i,   u_i a float32 uniform (a multiple of 2^-bits),
-    in float32, for `rows` positions. Returns (rows,): the winner's bin, or len(sizes) for MASK.
-
-    Simulated exactly without drawing V uniforms per row: inside a bin all weights are equal, so the
-    bin's best token is the one with the largest u, and the largest of n uniforms on the grid
-    {0, 1, ..., 2^bits - 1} / 2^bits is J / 2^bits with P(J <= j) = ((j+1) / 2^bits)^n, that is
-    J = ceil(2^bits U^(1/n)) - 1 with U ~ U(0, 1]. (test_grouped_race_matches_brute_force_race.)
-    """
-    U = 1 - torch.rand(rows, len(sizes), generator=generator, dtype=torch.float64)
-    J = torch.ceil(2.0 ** bits * U ** (1 / sizes.double())) - 1                 # (R, G) the best u per bin
-    J_mask = torch.floor(torch.rand(rows, 1, generator=generator, dtype=torch.float64) * 2 ** bits)
-    u = (torch.cat([J, J_mask], 1) * 2.0 ** -bits).float()                      # (R, G + 1) float32
-    w = torch.cat([pi * p_bin, torch.tensor([1 - pi], dtype=torch.float64)]).float()   # (G + 1,)
-    return (w / -torch.log(u)).argmax(1)                                         # (R,) the float32 race
-
-
-def race_ancestral(sizes, p_bin, *, rows: int, steps: int, bits: int, generator) -> torch.Tensor:
-    """The T-step ancestral sampler (log-linear) with race_step as its draw -> (rows,) bins."""
-    out = torch.full((rows,), -1, dtype=torch.long)
-    for k in range(steps, 0, -1):
-        t, s = torch.tensor(k / steps, dtype=torch.float64), torch.tensor((k - 1) / steps, dtype=torch.float64)
-        pi = 1.0 if k == 1 else float(unmask_probability(s, t))
-        live = (out < 0).nonzero()[:, 0]                                         # rows still masked
-        winner = race_step(sizes, p_bin, pi, rows=len(live), bits=bits, generator=generator)
-        hit = winner < len(sizes)
-        out[live[hit]] = winner[hit]
-    return out
+V_ZIPF = 50_000   # toy.zipf_staircase's default; toy.race_step / race_ancestral simulate the float32 race
 
 
 def test_grouped_race_matches_brute_force_race():
@@ -392,7 +344,7 @@ def test_float64_sampling_keeps_the_zipf_tail_float32_race_does_not():
     ({"num_samples": 0}, "num_samples must be"),
     ({"seq_len": 0}, "seq_len must be"),
     ({"method": "greedy"}, "unknown method 'greedy'"),
-    ({"temperature": 0}, "temperature must be a finite number > 0"),
+    ({"temperature": 0}, "temperature must be a finite number >= 0.001"),
     ({"temperature": -1.0}, "temperature must be"),
     ({"top_p": 0}, "top_p must be in"),
     ({"top_p": 1.5}, "top_p must be in"),

@@ -7,13 +7,19 @@ What is proved here, and against what:
   - the tie-breaking rule (highest count, then the smallest pair (a, b)) on a hand-made text;
   - the tiktoken fast path gives the same ids as the pure-Python path on the whole corpus;
   - "[MASK]" typed in text never becomes the mask id unless asked for;
-  - save/load round-trips, and every kind of broken file gives a one-line TokenizerFileError.
-No test depends on timing.
+  - save/load round-trips, and every kind of broken file gives a one-line TokenizerFileError
+    (the full list of bad inputs is in tests/test_bad_input.py);
+  - the chunk cap (MAX_CHUNK_CHARS) cuts long runs, and changes nothing on ordinary text: the whole
+    Shakespeare corpus splits as with GPT-4's regex, and the shipped tokenizer encodes it to the same ids;
+No test depends on timing (bench/bench_tokenizer.py measures the speed, linear with the cap).
 """
 from __future__ import annotations
 
 import json
+import os
 import pickle
+from itertools import chain
+from pathlib import Path
 
 import pytest
 import regex
@@ -24,8 +30,10 @@ from hypothesis import strategies as st
 from mdlm_course import BPETokenizer
 from mdlm_course.data import DEFAULT_CORPUS
 from mdlm_course.tokenizer import (
-    MASK, SPLIT_PATTERN, TokenizerFileError, merge, pre_split, show_split,
+    GPT4_SPLIT_PATTERN, MASK, MAX_CHUNK_CHARS, SPLIT_PATTERN, TokenizerFileError, merge, pre_split, show_split,
 )
+
+SHIPPED_TOKENIZER = Path(__file__).resolve().parents[1] / "checkpoints" / "tokenizer_shakespeare_4096.json"
 
 MULTILINGUAL = (
     "Ünïcödé façade naïve café. 日本語のテキストと中文和한국어 텍스트. Привет, мир! Γειά σου κόσμε. "
@@ -91,6 +99,7 @@ def naive_train(text: str, n_merges: int) -> list[tuple[int, int]]:
     return merges
 
 
+@pytest.mark.slow
 def test_incremental_trainer_matches_naive_on_100kb(corpus):
     text = corpus[200_000:300_000]  # 100 KB from the middle: prose, verse, speaker names
     n_merges = 300
@@ -107,7 +116,7 @@ def test_incremental_trainer_matches_naive_to_exhaustion():
     reference = naive_train(text, 10_000)
     tok = BPETokenizer.train(text, vocab_size=256 + len(reference) + 1, verbose=False)
     assert tok.merges == reference
-    with pytest.raises(ValueError, match=f"only supports {len(reference)} merges"):
+    with pytest.raises(ValueError, match=f"supports only {len(reference)} merges"):
         BPETokenizer.train(text, vocab_size=256 + len(reference) + 2, verbose=False)
 
 
@@ -217,6 +226,7 @@ def test_lone_surrogate_is_a_clear_error(small_tok):
             encode("ok \ud800 not ok")
 
 
+@pytest.mark.slow
 def test_whole_corpus_tiktoken_parity_and_round_trip(corpus, corpus_tok):
     ids = corpus_tok.encode(corpus)
     assert corpus_tok.encode_fast(corpus) == ids
@@ -276,7 +286,7 @@ def test_save_load_round_trip(small_tok, tmp_path):
     tok = BPETokenizer.load(path)
     assert tok.merges == small_tok.merges and tok.special_tokens == small_tok.special_tokens
     assert tok.encode(MULTILINGUAL) == small_tok.encode(MULTILINGUAL)
-    assert not list(tmp_path.glob("*.tmp"))  # the atomic write leaves nothing behind
+    assert os.listdir(tmp_path) == ["tok.json"]  # the atomic write leaves no temporary file behind
 
 
 def _broken_files(good: dict) -> dict[str, bytes]:
@@ -318,3 +328,121 @@ def test_corrupt_files_give_one_line_errors(small_tok, tmp_path):
     with pytest.raises(TokenizerFileError, match="no such tokenizer file"):
         BPETokenizer.load(tmp_path / "missing.json")
     assert issubclass(TokenizerFileError, ValueError)
+
+
+# ---------------------------------------------------------------- the chunk cap (MAX_CHUNK_CHARS)
+def test_split_pattern_spells_the_cap():
+    assert f"{{1,{MAX_CHUNK_CHARS}}}" in SPLIT_PATTERN and "+" not in SPLIT_PATTERN.replace("}+", "").replace("?+", "")
+
+
+@pytest.mark.slow
+def test_capped_split_is_gpt4_split_on_the_corpus(corpus):
+    """The cap changes nothing on ordinary text: every chunk of the corpus is the same (none is near 64 chars)."""
+    assert regex.findall(SPLIT_PATTERN, corpus) == regex.findall(GPT4_SPLIT_PATTERN, corpus)
+
+
+@pytest.mark.slow
+def test_shipped_tokenizer_encodes_the_corpus_as_before(corpus):
+    """checkpoints/tokenizer_shakespeare_4096.json (saved before the cap, with GPT-4's regex) loads and gives
+    the ids of the code before the cap:
+      - the whole corpus: encode_fast() == tiktoken with GPT-4's regex (the old encode_fast);
+      - the first 1 MB: encode() == GPT-4's chunks, each BPE-encoded (the old encode), == encode_fast()."""
+    import tiktoken
+
+    tok = BPETokenizer.load(SHIPPED_TOKENIZER)
+    assert tok.vocab_size == 4096
+    before = tiktoken.Encoding(name="before_the_cap", pat_str=GPT4_SPLIT_PATTERN,
+                               mergeable_ranks={b: i for i, b in enumerate(tok.token_bytes)}, special_tokens={})
+    assert tok.encode_fast(corpus) == before.encode_ordinary(corpus)
+    text = corpus[:1_000_000]
+    chunks = regex.findall(GPT4_SPLIT_PATTERN, text)
+    chunk_ids = {chunk: tok._encode_chunk(chunk) for chunk in set(chunks)}
+    old_ids = list(chain.from_iterable(map(chunk_ids.__getitem__, chunks)))
+    assert tok.encode(text) == old_ids == tok.encode_fast(text)
+
+
+def test_resaved_tokenizer_names_the_capped_pattern(tmp_path):
+    tok = BPETokenizer.load(SHIPPED_TOKENIZER)
+    assert json.loads(SHIPPED_TOKENIZER.read_text())["split_pattern"] == GPT4_SPLIT_PATTERN
+    assert tok.split_pattern == SPLIT_PATTERN  # it encodes with the capped pattern
+    tok.save(tmp_path / "tok.json")
+    assert json.loads((tmp_path / "tok.json").read_text())["split_pattern"] == SPLIT_PATTERN
+    assert BPETokenizer.load(tmp_path / "tok.json").merges == tok.merges
+
+
+LONG_RUNS = {
+    "letters": "A" * 1000, "DNA": "ACGT" * 250, "punctuation": "!" * 300, "dots then newlines": "." + "\n" * 300,
+    "spaces then a word": " " * 300 + "word", "newlines": "\n" * 300, "tabs and spaces": "\t \n" * 100 + "  ",
+    "CJK": "日本語のテキスト" * 40, "emoji": "😀" * 200, "a word with a long tail": " Hello" + "o" * 200 + "!",
+    "mixed": ("x" * 70 + " ") * 5 + "," * 70 + "\r\n" * 40,
+}
+
+
+@pytest.mark.parametrize("text", LONG_RUNS.values(), ids=LONG_RUNS.keys())
+def test_long_runs_are_cut(small_tok, text):
+    chunks = pre_split(text)
+    assert "".join(chunks) == text
+    assert max(map(len, chunks)) <= 2 * MAX_CHUNK_CHARS + 1  # a punctuation run + its trailing newlines
+    assert max(len(c.encode("utf-8")) for c in chunks) <= 4 * (2 * MAX_CHUNK_CHARS + 1)  # a few hundred bytes
+    assert len(chunks) >= len(regex.findall(GPT4_SPLIT_PATTERN, text))
+    ids = small_tok.encode(text)
+    assert small_tok.decode(ids) == text
+    assert small_tok.encode_fast(text) == ids  # tiktoken's regex engine cuts the same chunks
+
+
+# Text made of runs of one character class, 0 to 200 long: some runs are short, some longer than the cap.
+RUN_CHARS = st.sampled_from(["a", "Z", "é", "日", "1", "!", ".", " ", "\n", "\r", "\t", "'", "😀", "\u3000"])
+RUNS = st.lists(st.tuples(st.lists(RUN_CHARS, min_size=1, max_size=3), st.integers(0, 200)), max_size=8)
+
+
+@HYPOTHESIS
+@given(RUNS)
+def test_cap_cuts_only_long_runs(small_tok, runs):
+    text = "".join("".join(chars) * n for chars, n in runs)
+    old, new = regex.findall(GPT4_SPLIT_PATTERN, text), pre_split(text)
+    assert "".join(new) == text
+    if all(len(c) <= MAX_CHUNK_CHARS for c in old):
+        assert new == old  # short runs: exactly GPT-4's chunks
+    ids = small_tok.encode(text)
+    assert small_tok.encode_fast(text) == ids and small_tok.decode(ids) == text
+
+
+def test_incremental_trainer_matches_naive_on_long_runs():
+    """DNA with a few spaces: long runs are cut into 64-character chunks; the trainer still learns the naive merges."""
+    import random
+
+    rng = random.Random(1)
+    text = " ".join("".join(rng.choice("ACGT") for _ in range(rng.randint(1, 500))) for _ in range(20))
+    assert max(map(len, pre_split(text))) <= MAX_CHUNK_CHARS + 1
+    tok = BPETokenizer.train(text, vocab_size=256 + 120 + 1, verbose=False)
+    assert tok.merges == naive_train(text, 120)
+
+
+def test_vocab_size_accepts_integer_scalars():
+    import numpy as np
+
+    tok = BPETokenizer.train("hello hello world", vocab_size=np.int64(260), verbose=False)
+    assert tok.vocab_size == 260
+    assert BPETokenizer.train("hello hello world", vocab_size=torch.tensor(260), verbose=False).vocab_size == 260
+
+
+def test_decode_accepts_int_arrays_tuples_and_generators(small_tok):
+    import numpy as np
+
+    ids = small_tok.encode("To be, or not to be")
+    for form in (tuple(ids), iter(ids), np.array(ids, dtype=np.uint16), torch.tensor(ids, dtype=torch.int32),
+                 [np.int64(i) for i in ids]):
+        assert small_tok.decode(form) == "To be, or not to be"
+
+
+def test_save_is_atomic(small_tok, tmp_path, monkeypatch):
+    """A save that fails at the rename leaves the previous tokenizer file whole, and no temporary file."""
+    import mdlm_course.fileio as fileio
+
+    path = tmp_path / "tok.json"
+    BPETokenizer([(104, 105)]).save(path)
+    before = path.read_bytes()
+    monkeypatch.setattr(fileio.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(5, "Input/output error")))
+    with pytest.raises(TokenizerFileError, match="Input/output error"):
+        small_tok.save(path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["tok.json"]

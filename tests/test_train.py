@@ -15,12 +15,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from mdlm_course.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from mdlm_course.data import DEFAULT_CORPUS, TokenData, encode_cached, fixed_windows, random_windows
-from mdlm_course.diffusion import nelbo_terms
+from mdlm_course.data import DEFAULT_CORPUS, TokenData
+from mdlm_course.diffusion import masked_nll, nelbo, nelbo_terms
 from mdlm_course.model import MDLM, ModelConfig
 from mdlm_course.tokenizer import BPETokenizer
-from mdlm_course.train import (VAL_SEED, TrainConfig, TrainingDiverged, evaluate, flops_per_token, get_batch,
-                               lr_at, make_val_set, param_groups, peak_flops, plot_history, train)
+from mdlm_course.device import peak_flops
+from mdlm_course.evaluate import VAL_SEED, evaluate, make_val_set
+from mdlm_course.model import flops_per_token
+from mdlm_course.train import TrainConfig, TrainingDiverged, get_batch, lr_at, param_groups, train
 
 TEXT = DEFAULT_CORPUS.read_text(encoding="utf-8")[:40_000]
 
@@ -106,40 +108,12 @@ def test_param_groups_no_decay_on_norms_embeddings_biases(tie):
 # ---------------------------------------------------------------------------------------------- data
 
 
-def test_random_and_fixed_windows_are_contiguous_slices():
-    ids = torch.arange(1000)
-    w = random_windows(ids, 8, 16, torch.Generator().manual_seed(0))
-    assert w.shape == (8, 16)
-    assert torch.equal(w - w[:, :1], torch.arange(16).expand(8, 16))   # consecutive ids
-    f = fixed_windows(ids, 16, 10)
-    assert f.shape == (10, 16) and f[0, 0] == 0 and f[-1, -1] == 999   # first and last possible window
-    assert (f[1:, 0] - f[:-1, 0] >= 16).all()                           # no overlap
-    assert torch.equal(fixed_windows(ids, 16, 10), f)
-    assert fixed_windows(torch.arange(40), 16, 10).shape == (2, 16)    # only 2 whole windows fit
-
-
 def test_batches_depend_only_on_seed_step_micro_rank(data):
     cfg = tiny_cfg()
     a = get_batch(data, cfg, 32, step=5, micro=1, rank=0)
     assert torch.equal(a, get_batch(data, cfg, 32, step=5, micro=1, rank=0))   # reproducible: resume-safe
     for other in (dict(step=6, micro=1, rank=0), dict(step=5, micro=0, rank=0), dict(step=5, micro=1, rank=1)):
         assert not torch.equal(a, get_batch(data, cfg, 32, **other)), other   # DDP ranks differ
-
-
-def test_encode_cached(tmp_path, byte_tok):
-    tok = BPETokenizer.train(TEXT[:5000], 270, verbose=False)
-    ids = encode_cached(TEXT[:3000], tok, tmp_path)
-    assert ids.tolist() == tok.encode(TEXT[:3000]) and ids.dtype == np.uint16
-    assert len(list(tmp_path.glob("*.npy"))) == 1
-    again = encode_cached(TEXT[:3000], tok, tmp_path)
-    assert np.array_equal(ids, again) and len(list(tmp_path.glob("*.npy"))) == 1   # a cache hit
-    encode_cached(TEXT[:3000], byte_tok, tmp_path)                                  # other tokenizer: other key
-    assert len(list(tmp_path.glob("*.npy"))) == 2
-
-
-def test_token_data_splits_on_characters(data):
-    assert len(data.train_ids) + len(data.val_ids) == len(TEXT.encode("utf-8"))   # bytes: 1 token each
-    assert bytes(data.val_ids.tolist()).decode() == TEXT[-len(TEXT) // 20:]      # the last 5%
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -221,7 +195,6 @@ def test_training_lowers_the_validation_nelbo(data, byte_tok):
     start = evaluate(tiny_model(), make_val_set(data.val_ids, 32, 8, 256, tokenizer=byte_tok), 256)
     assert h["val_nelbo"][-1] < start["val_nelbo"] - 1.0
     assert all(math.isfinite(x) for x in h["loss"])
-    assert plot_history(h) is not None
 
 
 def test_resume_equals_uninterrupted(tmp_path, data, byte_tok):
@@ -321,22 +294,40 @@ def test_fp16_grad_scaler_path_on_cpu(tmp_path, data, byte_tok):
     assert load_checkpoint(run2).meta["grad_scaler"]["scale"] == 2.0 ** 39
 
 
-def test_bf16_autocast_path_on_cpu(data, byte_tok):
-    r = train(tiny_model(), tiny_cfg(max_steps=3, dtype="bf16"), data, tokenizer=byte_tok, progress=False)
-    assert all(math.isfinite(x) for x in r.history["loss"])
+def test_bf16_autocast_path_on_cpu_matches_fp32(data, byte_tok):
+    """bf16 autocast on the CPU trains the same model as float32, up to bf16's rounding: the losses of 3 steps
+    agree within 2% (bf16 keeps 8 bits of mantissa, ~0.4% per product; the loss stays float32)."""
+    runs = {dt: train(tiny_model(), tiny_cfg(max_steps=3, dtype=dt), data, tokenizer=byte_tok, progress=False)
+            for dt in ("fp32", "bf16")}
+    np.testing.assert_allclose(runs["bf16"].history["loss"], runs["fp32"].history["loss"], rtol=0.02)
+    assert runs["bf16"].history["loss"] != runs["fp32"].history["loss"]   # bf16 really ran
 
 
+@pytest.mark.slow
 def test_compiled_training_equals_eager(data, byte_tok):
-    """compile=True (the model and the fused SUBS cross-entropy, inductor) trains the same model as eager."""
+    """compile=True (the model and the fused SUBS cross-entropy, inductor) trains the same model as eager.
+
+    Compared: the losses of 4 steps, and the gradients of one batch. Not the weights after AdamW: its first
+    steps move each weight by about lr * sign(g), so a weight whose gradient is ~1e-9 (an embedding row
+    seen once) moves by +lr or -lr depending on rounding, in eager as in compiled code.
+    """
     runs = {}
     for compile in (False, True):
         torch.manual_seed(0)
         runs[compile] = train(tiny_model(), tiny_cfg(max_steps=4, compile=compile), data, tokenizer=byte_tok,
                               progress=False)
     np.testing.assert_allclose(runs[True].history["loss"], runs[False].history["loss"], rtol=1e-4)
-    for (k, a), b in zip(params(runs[False].model).items(), params(runs[True].model).values()):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=k)
     assert not any(k.startswith("_orig_mod.") for k in runs[True].model.state_dict())
+    model, x0 = tiny_model(), get_batch(data, tiny_cfg(), 32, step=0)
+    grads = {}
+    for compile in (False, True):
+        fwd = torch.compile(model) if compile else model
+        nll_fn = torch.compile(masked_nll) if compile else masked_nll
+        loss = nelbo(fwd, x0, mask_id=256, generator=torch.Generator().manual_seed(0), nll_fn=nll_fn)
+        grads[compile] = torch.autograd.grad(loss, list(model.parameters()))
+    scale = max(g.abs().max() for g in grads[False])
+    for (name, _), a, b in zip(model.named_parameters(), grads[False], grads[True]):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * scale, msg=name)
 
 
 def test_ema_follows_its_formula(data, byte_tok):

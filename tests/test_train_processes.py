@@ -45,6 +45,8 @@ CHILD = textwrap.dedent("""
     train(model, cfg, data, tokenizer=tok, out_dir=sys.argv[1], resume=True, progress=False)
 """)
 
+pytestmark = pytest.mark.slow   # subprocesses / notebooks: `pytest -m "not slow"` skips them
+
 
 def test_sigkill_mid_run_then_resume(tmp_path):
     """Kill -9 a run that writes a checkpoint every step; every checkpoint left is whole, and resuming

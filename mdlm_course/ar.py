@@ -1,0 +1,72 @@
+"""The autoregressive twin: the same backbone with a causal mask, trained on next-token cross-entropy.
+
+MDLM is compared with the model everyone knows, a GPT of the same size trained on the same data for
+the same number of tokens (chapter 8). With `ModelConfig(causal=True)` position i sees only x^0..x^i,
+and its logits predict the next token:
+    NLL(x) = - sum_{i=1}^{L-1} log p_theta(x^i | x^0 .. x^{i-1})                         next_token_nll
+    loss   = NLL / (L - 1)   averaged over the batch: nats per predicted token             ar_loss
+The first token of a window has no context, so it is not scored; bits per byte count the bytes of
+the L - 1 scored tokens only (evaluate.py). Unlike the NELBO this is the exact log-likelihood of
+the window given its first token, not a bound.
+
+Sampling (ar_sample) is the chain rule read forwards: x^i ~ p_theta(. | x^{<i}), one network call per
+token, with the same float64 categorical draw as the diffusion sampler. A twin trained from the MDLM
+tokenizer never emits [MASK]: its logit is removed before the draw.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .diffusion import Model, check_tokens
+from .sampling import categorical, token_probs
+
+
+def next_token_nll(logits: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """-log p(x^i | x^{<i}) for i = 1..L-1: logits (B, L, V) of a causal model on x0 (B, L) -> (B, L-1) float32."""
+    pred = logits[:, :-1].float()                                   # (B, L-1, V) position i predicts i+1
+    target = x0[:, 1:]                                              # (B, L-1)
+    nll = F.cross_entropy(pred.flatten(0, 1), target.flatten(), reduction="none")   # (B (L-1),)
+    return nll.view(target.shape)
+
+
+def ar_loss(model: Model, x0: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL of a causal model on the windows x0 (B, L), nats per predicted token (a scalar)."""
+    x0 = check_tokens(x0, "x0")
+    if x0.shape[1] < 2:
+        raise ValueError(f"the AR objective needs windows of at least 2 tokens, got L={x0.shape[1]}")
+    return next_token_nll(model(x0, None), x0).mean()
+
+
+@torch.no_grad()
+def ar_sample(model: Model, *, num_samples: int, seq_len: int, prompt: torch.Tensor | None = None,
+              temperature: float = 1.0, top_p: float | None = None, mask_id: int,
+              generator: torch.Generator | None = None, first_token: int | None = None) -> torch.Tensor:
+    """Generate (num_samples, seq_len) ids left to right from a causal model.
+
+    An AR window is scored from its first token on, so generation starts from given tokens: `prompt`
+    (P,) shared by all samples or (num_samples, P), or a single `first_token`. mask_id is never drawn. No KV cache:
+    each step re-reads the prefix, which is fine at the course's sizes (L <= 512).
+    """
+    if prompt is None and first_token is None:
+        raise ValueError("ar_sample needs a prompt or a first_token: an AR window starts from a given token")
+    start = torch.as_tensor(prompt if prompt is not None else [first_token], dtype=torch.long)   # (P,) or (B, P)
+    if start.dim() == 1:
+        start = start.repeat(num_samples, 1)                        # (B, P): the same start for every sample
+    if start.dim() != 2 or len(start) != num_samples or not 1 <= start.shape[1] <= seq_len:
+        raise ValueError(f"prompt must hold 1..{seq_len} ids, shared (P,) or one row per sample "
+                         f"({num_samples}, P); got shape {tuple(start.shape)}")
+    device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
+    was_training = getattr(model, "training", False)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    x = start.to(device)                                            # (B, P)
+    try:
+        while x.shape[1] < seq_len:
+            logits = model(x, None)[:, -1]                          # (B, V) the next token's logits
+            probs = token_probs(logits, mask_id, temperature, top_p)          # (B, V) float64
+            x = torch.cat([x, categorical(probs, generator)[:, None].to(device)], dim=1)   # (B, P+1)
+    finally:
+        if was_training:
+            model.train()
+    return x

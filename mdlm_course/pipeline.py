@@ -1,0 +1,93 @@
+"""From a text file to a trained model in one call: what `python -m mdlm_course train` runs, and what
+notebook 05's "retrain on your own text" cell calls.
+
+    train_on_text("data/my_books.txt", preset="cpu", out="runs/my_books")
+
+1. check every input first (the text, the folders, the options), so a mistake costs seconds, not a run;
+2. the tokenizer: given (--tokenizer), the one of the checkpoint being resumed or started from, or a
+   byte-level BPE trained on the train split and cached (data.prepare_tokenizer);
+3. the data: the text encoded once and cached (data.TokenData);
+4. the model: the preset's shape (or the shape of the --init-from checkpoint), causal for the AR twin,
+   built after seeding, so the same seed gives the same run;
+5. train.train(), with checkpoints in `out` and --resume.
+Under torchrun, process 0 fills the caches first (device.rank_zero_first).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .checkpoint import check_writable, list_checkpoints, load_checkpoint
+from .config import ModelConfig, TrainConfig
+from .data import CACHE_DIR, DEFAULT_CORPUS, TokenData, load_text, prepare_tokenizer, split_text
+from .device import get_device, rank_zero_first, setup_distributed
+from .model import MDLM
+from .tokenizer import BPETokenizer
+from .train import TrainResult, train
+
+
+def train_on_text(data_path: str | Path | None = None, *, preset: str = "cpu", out: str | Path | None = None,
+                  train_overrides: dict | None = None, tokenizer_path: str | Path | None = None,
+                  vocab_size: int | None = None, cache_dir: str | Path | None = CACHE_DIR, resume: bool = False,
+                  stop_at: int | None = None, say=print) -> TrainResult:
+    """Train the preset's model on a UTF-8 text file; checkpoints go to `out` (default runs/<file>-<preset>).
+
+    train_overrides: TrainConfig fields to change, e.g. {"max_steps": 500, "objective": "ar"} (a misspelt
+    field is a one-line error). vocab_size: of a newly trained tokenizer (default: the preset's).
+    """
+    cfg = TrainConfig.preset(preset, **(train_overrides or {}))
+    data_path = Path(data_path or DEFAULT_CORPUS)
+    out = Path(out or Path("runs") / f"{data_path.stem}-{preset}")
+    get_device(cfg.device)                                          # an unknown device fails here, in one line
+    text = load_text(data_path)
+    check_writable(out)
+    if cache_dir is not None:
+        check_writable(cache_dir)
+    init = load_checkpoint(cfg.init_from, "best") if cfg.init_from else None
+    model_config = ModelConfig.preset(preset, causal=cfg.objective == "ar")
+    if init is not None:                 # the model's shape and tokenizer come from the checkpoint it starts from
+        model_config = ModelConfig(**{**init.meta["model_config"], "causal": cfg.objective == "ar"})
+    if vocab_size is not None:
+        model_config = replace(model_config, vocab_size=vocab_size)
+    rank, world_size, _, initialised_here = setup_distributed(cfg.device)
+    try:
+        return _train(text, data_path, preset, out, cfg, model_config, init, tokenizer_path, cache_dir, resume,
+                      stop_at, rank, world_size, say if rank == 0 else _quiet)
+    finally:
+        if initialised_here:
+            dist.destroy_process_group()
+
+
+def _train(text, data_path, preset, out, cfg, model_config, init, tokenizer_path, cache_dir, resume, stop_at,
+           rank, world_size, say) -> TrainResult:
+    """Steps 2-5: tokenizer, data, model, train()."""
+    tok = _tokenizer(text, model_config.vocab_size, tokenizer_path, init, out if resume else None, cache_dir, say)
+    data = rank_zero_first(lambda: TokenData.from_text(text, tok, cache_dir))
+    torch.manual_seed(cfg.seed)                                     # the initial weights are the seed's too
+    model = MDLM(replace(model_config, vocab_size=tok.vocab_size))
+    say(f"data: {data_path}: {data}")
+    say(f"model: {preset} preset, {model.num_params() / 1e6:.2f}M parameters"
+        f"{', AR twin (causal)' if cfg.objective == 'ar' else ''}; {cfg.max_steps} steps of "
+        f"{cfg.batch_size * cfg.grad_accum * world_size} x {model.config.seq_len} tokens"
+        + (f" on {world_size} processes" if world_size > 1 else ""))
+    say(f"checkpoints -> {out}/step-*  (resume with --resume; load with mdlm_course.load_pretrained('{out}'))")
+    return train(model, cfg, data, tokenizer=tok, out_dir=out, resume=resume, stop_at=stop_at)
+
+
+def _quiet(*_args) -> None:
+    """say() for the processes other than 0."""
+
+
+def _tokenizer(text: str, vocab_size: int, path, init, resume_dir, cache_dir, say) -> BPETokenizer:
+    """The given tokenizer file; else the resumed or initial checkpoint's; else one trained on the train split."""
+    if path is not None:
+        return BPETokenizer.load(path)
+    for ck in (init, load_checkpoint(resume_dir, "latest", verify=False) if resume_dir and
+               list_checkpoints(resume_dir) else None):
+        if ck is not None and ck.tokenizer() is not None:
+            return ck.tokenizer()
+    say(f"tokenizer: byte-level BPE, vocab_size={vocab_size}, trained on the train split (cached in {cache_dir})")
+    return prepare_tokenizer(split_text(text)[0], vocab_size, cache_dir)

@@ -1,0 +1,171 @@
+"""Evaluation and the AR twin (evaluate.py, ar.py): figures checked against slow, obvious references.
+
+- next_token_nll equals a loop over positions; the AR twin trains and its loss falls;
+- its bits per byte count only the L - 1 scored tokens; the MDLM's all L;
+- likelihood_report's passes average independent evaluations; its prior term is diffusion.prior_term;
+- sample-quality figures on hand-made samples; `eval` prints each figure for either objective;
+- init_from starts an MDLM from an AR twin's weights; load_pretrained() loads the shipped checkpoint.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mdlm_course.ar import ar_loss, ar_sample, next_token_nll
+from mdlm_course.checkpoint import init_weights, load_checkpoint, load_pretrained, save_checkpoint
+from mdlm_course.cli import main
+from mdlm_course.data import DEFAULT_CORPUS, TokenData
+from mdlm_course.evaluate import (evaluate, likelihood_report, make_val_set, repeated_4gram_fraction, sample_quality,
+                                  unigram_entropy, words)
+from mdlm_course.model import MDLM, ModelConfig
+from mdlm_course.tokenizer import BPETokenizer
+from mdlm_course.train import TrainConfig, train
+
+TEXT = DEFAULT_CORPUS.read_text(encoding="utf-8")[:40_000]
+
+
+@pytest.fixture(scope="module")
+def byte_tok():
+    return BPETokenizer([])   # byte-level: id = byte value, mask_id = 256
+
+
+@pytest.fixture(scope="module")
+def data(byte_tok):
+    return TokenData.from_text(TEXT, byte_tok, cache_dir=None)
+
+
+def tiny(causal: bool, seed: int = 0) -> MDLM:
+    torch.manual_seed(seed)
+    return MDLM(ModelConfig(vocab_size=257, seq_len=32, n_layer=1, n_head=2, d_model=32, causal=causal))
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(batch_size=8, max_steps=30, lr=3e-3, min_lr=3e-4, warmup_steps=3, eval_interval=15, eval_windows=8,
+                log_interval=5, ckpt_interval=30, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_next_token_nll_is_the_loop_over_positions():
+    model, x = tiny(causal=True), torch.randint(0, 256, (3, 20))
+    logits = model(x, None)
+    by_hand = torch.stack([-logits[:, i].log_softmax(-1).gather(-1, x[:, i + 1:i + 2])[:, 0]
+                           for i in range(19)], dim=1)                                   # (3, 19)
+    torch.testing.assert_close(next_token_nll(logits, x), by_hand)
+    assert ar_loss(model, x).item() == pytest.approx(by_hand.mean().item(), rel=1e-6)
+
+
+def test_ar_twin_trains_and_its_validation_nll_falls(data, byte_tok):
+    start = evaluate(tiny(True), make_val_set(data.val_ids, 32, 8, 256, tokenizer=byte_tok, objective="ar"), 256)
+    r = train(tiny(True), cfg(objective="ar"), data, tokenizer=byte_tok, progress=False)
+    assert r.history["val_step"] == [15, 30] and "val_nelbo" not in r.history
+    assert r.history["val_nll"][-1] < start["val_nll"] - 1.0       # from ~ln 257 = 5.55 towards letter statistics
+    assert r.val["val_bpb"] == pytest.approx(r.val["val_nll"] / math.log(2), rel=1e-9)   # 1 byte per token
+
+
+def test_objective_and_model_must_agree(data, byte_tok):
+    with pytest.raises(ValueError, match="causal=True"):
+        train(tiny(False), cfg(objective="ar"), data, tokenizer=byte_tok, progress=False)
+    with pytest.raises(ValueError, match="causal=False"):
+        train(tiny(True), cfg(), data, tokenizer=byte_tok, progress=False)
+
+
+def test_ar_bits_per_byte_count_the_scored_tokens_only(data, byte_tok):
+    ar = make_val_set(data.val_ids, 32, 8, 256, tokenizer=byte_tok, objective="ar")
+    mdlm = make_val_set(data.val_ids, 32, 8, 256, tokenizer=byte_tok)
+    assert ar.n_bytes == 8 * 31 and mdlm.n_bytes == 8 * 32         # byte-level: 1 byte per token
+
+
+def test_likelihood_report_averages_passes_and_reports_the_prior_term(data, byte_tok):
+    model = tiny(False)
+    rep = likelihood_report(model, data.val_ids, tokenizer=byte_tok, windows=4, t_per_window=2, passes=3)
+    runs = [evaluate(model, make_val_set(data.val_ids, 32, 4, 256, None, byte_tok, 2, "mdlm", p, 3), 256)
+            for p in range(3)]
+    assert rep["val_nelbo"] == pytest.approx(sum(r["val_nelbo"] for r in runs) / 3, rel=1e-9)
+    assert rep["stderr"] == pytest.approx(float(torch.tensor([r["val_nelbo"] for r in runs]).std() / math.sqrt(3)))
+    assert rep["ppl"] == pytest.approx(math.exp(rep["val_nelbo"]))
+    # an untrained model predicts ~uniformly: the prior term is ~ eps ln(V - 1)
+    assert rep["prior"] == pytest.approx(1e-3 * math.log(256), rel=0.05)
+    one = make_val_set(data.val_ids, 32, 4, 256, None, byte_tok, 2, "mdlm", 0, 1)
+    assert torch.allclose(one.t, (torch.arange(8) + 0.5) / 8)     # one pass: the training loop's grid
+
+
+def test_sample_quality_figures_on_hand_made_samples(byte_tok):
+    assert words("O, Romeo! 'Tis o'er -- 3rd") == ["o", "romeo", "tis", "o'er", "3rd"]
+    assert unigram_entropy(torch.tensor([1, 1, 2, 2])) == pytest.approx(math.log(2))
+    assert repeated_4gram_fraction(torch.tensor([1, 2, 3, 4, 1, 2, 3, 4])) == pytest.approx(1 - 4 / 5)
+    samples = torch.tensor([list(b"the king is dead"), list(b"thx kxng zz dead")])
+    q = sample_quality(samples, byte_tok, train_words={"the", "king", "is", "dead"})
+    assert q["real_word_rate"] == pytest.approx(5 / 8)
+    assert q["repeated_4grams"] == 0.0 and q["samples"] == 2
+
+
+def test_ar_sample_continues_a_prompt_and_never_draws_mask():
+    model = tiny(True)
+    out = ar_sample(model, num_samples=3, seq_len=12, prompt=torch.tensor([5, 6]), mask_id=256,
+                    generator=torch.Generator().manual_seed(0))
+    assert out.shape == (3, 12) and (out[:, :2] == torch.tensor([5, 6])).all() and not (out == 256).any()
+    rows = ar_sample(model, num_samples=2, seq_len=6, prompt=torch.tensor([[1], [2]]), mask_id=256)
+    assert rows[:, 0].tolist() == [1, 2]
+
+
+def test_init_from_an_ar_twin(tmp_path, byte_tok):
+    ar = tiny(True, seed=1)
+    save_checkpoint(tmp_path / "ar", model=ar, step=5, tokenizer=byte_tok, metrics={"val_nll": 3.0})
+    mdlm = tiny(False, seed=2)
+    init_weights(mdlm, tmp_path / "ar", byte_tok)
+    for (k, a), b in zip(ar.state_dict().items(), mdlm.state_dict().values()):
+        assert torch.equal(a, b), k
+    x = torch.randint(0, 256, (1, 10))
+    assert not torch.allclose(ar(x), mdlm(x))                      # same weights, but now it looks both ways
+
+
+def _text_file(tmp_path):
+    path = tmp_path / "plays.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def _train_cli(tmp_path, out, *extra):
+    return main(["train", "--preset", "tiny", "--steps", "4", "--data", str(_text_file(tmp_path)), "--out", str(out),
+                 "--cache-dir", str(tmp_path / "cache"), "--vocab-size", "300", *extra])
+
+
+@pytest.mark.slow
+def test_eval_prints_each_figure_for_either_objective(tmp_path, capsys):
+    assert _train_cli(tmp_path, tmp_path / "ar", "--objective", "ar") == 0
+    assert _train_cli(tmp_path, tmp_path / "mdlm", "--init-from", str(tmp_path / "ar")) == 0
+    capsys.readouterr()
+    common = ["--data", str(_text_file(tmp_path)), "--windows", "4", "--samples", "2", "--steps", "8"]
+    assert main(["eval", "--checkpoint", str(tmp_path / "mdlm"), "--passes", "2", "--judge", str(tmp_path / "ar"),
+                 *common]) == 0
+    out = capsys.readouterr().out
+    for needle in ("MDLM at step 4", "val NELBO", "nats/token", "bits/byte", "perplexity bound", "prior term",
+                   "unigram entropy", "real words", "repeated 4-grams", "generative perplexity"):
+        assert needle in out, (needle, out)
+    assert main(["eval", "--checkpoint", str(tmp_path / "ar"), *common]) == 0
+    out = capsys.readouterr().out
+    assert "AR at step 4" in out and "val NLL" in out and "NELBO" not in out and "bits/byte" in out
+    meta = load_checkpoint(tmp_path / "mdlm").meta
+    assert meta["train_config"]["init_from"] == str(tmp_path / "ar") and meta["model_config"]["causal"] is False
+
+
+@pytest.mark.slow
+def test_eval_and_resume_bad_input(tmp_path, capsys):
+    assert main(["eval", "--checkpoint", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "nowhere" in err and "\n" not in err
+    assert _train_cli(tmp_path, tmp_path / "run") == 0
+    capsys.readouterr()
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert _train_cli(tmp_path, tmp_path / "run", "--resume", "--objective", "ar", "--steps", "8") == 2
+    err = capsys.readouterr().err.strip()
+    assert "causal" in err and "\n" not in err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+
+
+def test_load_pretrained_without_arguments_loads_the_shipped_checkpoint():
+    model, tok, meta = load_pretrained()
+    assert isinstance(model, MDLM) and not model.training and tok is not None
+    assert tok.vocab_size == model.config.vocab_size and meta["step"] > 0

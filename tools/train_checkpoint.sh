@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Regenerate the shipped checkpoints (make checkpoint). Each stage resumes where it stopped, so the
+# script can be interrupted and run again. See checkpoints/README.md for the figures it produced.
+#   1. the AR twin (causal, next-token loss) for the first STEPS_AR_INIT of its STEPS steps;
+#   2. the MDLM, started from those weights (a warm start; chapter 8), for STEPS - STEPS_AR_INIT steps,
+#      so that the MDLM's whole budget (AR steps included) equals the twin's;
+#   3. the AR twin, on to STEPS steps: the equal-compute baseline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+STEPS=${STEPS:-2500}
+STEPS_AR_INIT=${STEPS_AR_INIT:-1000}
+RUNS=${RUNS:-runs}
+TOK=checkpoints/tokenizer_shakespeare_4096.json
+common=(--preset cpu --tokenizer "$TOK" --resume)
+
+$PY -m mdlm_course train "${common[@]}" --objective ar --steps "$STEPS" --stop-at "$STEPS_AR_INIT" \
+    --out "$RUNS/shakespeare-ar"
+init="$RUNS/shakespeare-ar-init"
+if [ ! -d "$init" ]; then
+    cp -r "$RUNS/shakespeare-ar/step-$(printf %06d "$STEPS_AR_INIT")" "$init.tmp" && mv "$init.tmp" "$init"
+fi
+$PY -m mdlm_course train "${common[@]}" --init-from "$init" --steps $((STEPS - STEPS_AR_INIT)) \
+    --out "$RUNS/shakespeare-mdlm"
+$PY -m mdlm_course train "${common[@]}" --objective ar --steps "$STEPS" --out "$RUNS/shakespeare-ar"
