@@ -14,7 +14,7 @@ TORCH_INDEX   ?=
 CPU_INDEX     := https://download.pytorch.org/whl/cpu
 STAMP         := $(VENV)/.installed
 
-.PHONY: setup demo test lab bench gpu-check notebooks clean
+.PHONY: setup demo test test-fast lab bench gpu-check notebooks checkpoint clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# The development loop: everything but notebooks, subprocesses, torch.compile and whole-corpus tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
 lab: $(STAMP)
 	$(BIN)/pip install -q jupyterlab
 	$(BIN)/python -m ipykernel install --user --name mdlm-course --display-name "mdlm-course (.venv)"
@@ -56,6 +60,11 @@ gpu-check: $(STAMP)
 # Re-execute every notebook for real (no quick mode) and save its outputs in place.
 notebooks: $(STAMP)
 	$(BIN)/python notebooks/run.py --inplace notebooks/[0-9]*.ipynb
+
+# Regenerate the shipped checkpoints (hours on a laptop CPU; resumable: run it again after a stop).
+# Then export them: see checkpoints/README.md.
+checkpoint: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} tools/train_checkpoint.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -74,19 +74,23 @@ class CheckpointSaveError(CheckpointError):
 # Small pieces: unwrap a module, fsync, hash
 # ---------------------------------------------------------------------------------------------
 
-def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The unwrapped module's state_dict, contiguous and on the CPU, with tied tensors stored once each name.
+def _storage_key(tensor: torch.Tensor) -> tuple:
+    return tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)
 
-    safetensors refuses two names that share memory, so a tied head (`head.weight` is `tok_emb.weight`)
-    is saved as a copy under each name; load_state_dict re-ties them because the module shares the Parameter.
+
+def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The unwrapped module's state_dict, contiguous and on the CPU, each tensor stored once.
+
+    A tied head (`head.weight` is `tok_emb.weight`) is saved under its first name only (safetensors refuses
+    two names that share memory, and a copy would cost 4 MB in the shipped checkpoint); load_model_state
+    fills the alias back in, and the module's shared Parameter ties them again.
     """
-    state = unwrap(model).state_dict()
     out, seen = {}, set()
-    for name, tensor in state.items():
-        t = tensor.detach().to("cpu")
-        key = (t.untyped_storage().data_ptr(), t.storage_offset())
-        out[name] = t.clone().contiguous() if key in seen else t.contiguous()
-        seen.add(key)
+    for name, tensor in unwrap(model).state_dict().items():
+        if _storage_key(tensor) in seen:
+            continue                                                # an alias of a tensor already stored
+        seen.add(_storage_key(tensor))
+        out[name] = tensor.detach().to("cpu").contiguous()
     return out
 
 
@@ -568,6 +572,12 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], whe
     """load_state_dict with a one-line error naming the first missing / unexpected / mis-shaped key."""
     model = unwrap(model)
     expected = model.state_dict()
+    first_name: dict[tuple, str] = {}
+    state = dict(state)
+    for name, tensor in expected.items():                           # tied aliases are saved once: fill them in
+        first = first_name.setdefault(_storage_key(tensor), name)
+        if name not in state and first in state:
+            state[name] = state[first]
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     shapes = [k for k in expected if k in state and expected[k].shape != state[k].shape]

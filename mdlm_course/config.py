@@ -135,9 +135,9 @@ class ModelConfig(_Config):
 
 
 # Parameter counts (no time conditioning; tests/test_model.py checks them):
-#   tiny:   0.17 M  (2 x 64, vocab 512, T=64)       tests and quick mode, seconds on a CPU
-#   cpu:    4.26 M  (4 x 256, vocab 4096, T=256, tied head, dropout 0.1)   the shipped checkpoint's shape
-#   gpu:   40.51 M  (10 x 512, vocab 8192, T=512)   one GPU, minutes
+#   tiny:   0.17 M  (2 x 64, vocab 512, L=64)       tests and quick mode, seconds on a CPU
+#   cpu:    4.26 M  (4 x 256, vocab 4096, L=256, tied head, dropout 0.1)   the shipped checkpoint's shape
+#   gpu:   40.51 M  (10 x 512, vocab 8192, L=512)   one GPU, minutes
 PRESETS = {
     "tiny": ModelConfig(vocab_size=512, seq_len=64, n_layer=2, n_head=2, d_model=64),
     "cpu": ModelConfig(vocab_size=4096, seq_len=256, n_layer=4, n_head=4, d_model=256, tie_embeddings=True,

@@ -246,3 +246,43 @@ def _quality(model, tok, objective, train_text, val_ids, n, steps, method, judge
     ar_model = load_pretrained(judge)[0] if judge is not None else None
     return sample_quality(out, tok, train_words=set(words(train_text)), reference=fixed_windows(val_ids, L, n),
                           ar_model=ar_model)
+
+
+# ---------------------------------------------------------------------------------------------
+# The masked cross-entropy at fixed t (chapter 8: the unigram plateau)
+# ---------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def masked_ce_by_t(model, val_ids: torch.Tensor, *, mask_id: int, seq_len: int, ts, windows: int = 16,
+                   seed: int = 0) -> list[float]:
+    """The mean cross-entropy of the masked tokens at each fixed t of `ts`, unweighted, nats per masked token:
+        CE(t) = sum_{w, i: x_t^wi = MASK} -log p_theta(x_0^wi | x_t^w)  /  #{masked positions}
+    on `windows` fixed windows of the validation stream (data.fixed_windows) with fixed masks (seeded by
+    `seed`, the same uniforms at every t, so the masks at a larger t contain those at a smaller one).
+    Two calls on the same weights give the same numbers; over training the curve moves only with the weights.
+
+    No 1/t weight: this is how well the denoiser fills a masked token when a fraction alpha_t of the context
+    is visible. A context-blind model scores its unigram cross-entropy at every t (the plateau of chapter 8);
+    a model that uses the context scores lower at small t.  masked_ce_by_t(m, val, mask_id=4095, seq_len=128,
+    ts=[0.05, 0.5, 0.95]) -> e.g. [4.8, 5.9, 6.8]. NaN for a t at which no position is masked.
+    """
+    x0 = fixed_windows(val_ids, seq_len, windows)                                       # (n, L)
+    if isinstance(model, torch.nn.Module):
+        device, was_training = next(unwrap(model).parameters()).device, model.training
+        model.eval()
+    else:                                                                               # a function (toy.py)
+        device, was_training = torch.device("cpu"), False
+    x0 = x0.to(device)
+    out = []
+    try:
+        for t in ts:
+            gen = torch.Generator().manual_seed(seed)                                   # the same u at every t
+            t_rows = torch.full((len(x0),), float(t), device=device)                    # (n,)
+            xt = q_sample(x0, t_rows, mask_id, generator=gen)                           # (n, L)
+            n_masked = int((xt == mask_id).sum())
+            nll = masked_nll(model(xt, t_rows), xt, x0, mask_id)                        # (n, L), 0 where visible
+            out.append(float(nll.double().sum()) / n_masked if n_masked else float("nan"))
+    finally:
+        if was_training:
+            model.train()
+    return out

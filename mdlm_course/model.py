@@ -22,6 +22,7 @@ MDLM does not need it: under absorbing diffusion the best denoiser p(x_0 | x_t) 
 (notebook 03). A time-conditioned model changes its output when t changes even if x_t does not; the
 samplers stay exact for it anyway, because they only skip the network on steps that reveal nothing and
 always call it with the current (x_t, t) (sampling.py, tests/test_sampling.py).
+Symbols: B samples, L positions (seq_len), V vocabulary size, d = d_model, H heads of d_head.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ class SwiGLU(nn.Module):
 def rope_tables(seq_len: int, d_head: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the angles m * theta_j, each (seq_len, d_head // 2), theta_j = base^(-2j/d_head)."""
     theta = base ** (-torch.arange(0, d_head, 2, dtype=torch.float64) / d_head)   # (d_head/2,)
-    angles = torch.arange(seq_len, dtype=torch.float64)[:, None] * theta[None]    # (T, d_head/2)
+    angles = torch.arange(seq_len, dtype=torch.float64)[:, None] * theta[None]    # (L, d_head/2)
     return angles.cos().float(), angles.sin().float()
 
 
@@ -170,7 +171,7 @@ class MDLM(nn.Module):
             )
             self.final_modulation = nn.Linear(config.cond_dim, 2 * config.d_model)   # shift, scale
         cos, sin = rope_tables(config.seq_len, config.d_head, config.rope_base)
-        self.register_buffer("rope_cos", cos, persistent=False)    # (T, d_head/2), rebuilt, never saved
+        self.register_buffer("rope_cos", cos, persistent=False)    # (L, d_head/2), rebuilt, never saved
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         for block in self.blocks:   # residual projections: std 0.02 / sqrt(2 n_layer), GPT-2 style,

@@ -58,6 +58,7 @@ current block's.
 Prompting and infilling (`prompt=`): a 1-D LongTensor. Shorter than seq_len: a prefix. Exactly
 seq_len long: a template, in which positions equal to mask_id are generated and every other position
 is kept (suffix or middle infilling). Prompt tokens never change.
+Symbols: B samples (num_samples), L positions (seq_len), V vocabulary size, T sampling steps.
 """
 from __future__ import annotations
 

@@ -101,9 +101,11 @@ def test_keys_never_carry_compile_or_ddp_prefixes(tmp_path):
 
 def test_tied_embeddings_round_trip(tmp_path):
     model = tiny(tie_embeddings=True)
-    save_checkpoint(tmp_path, model=model, step=1)
+    path = save_checkpoint(tmp_path, model=model, step=1)
     m, _, _ = load_pretrained(tmp_path)
     assert m.head.weight is m.tok_emb.weight and torch.equal(m.head.weight, model.head.weight)
+    stored = load_checkpoint(path).model_state
+    assert "tok_emb.weight" in stored and "head.weight" not in stored   # the tied matrix is stored once
 
 
 def test_rng_states_round_trip():

@@ -5,10 +5,12 @@
 #   2. the MDLM, started from those weights (a warm start; chapter 8), for STEPS - STEPS_AR_INIT steps,
 #      so that the MDLM's whole budget (AR steps included) equals the twin's;
 #   3. the AR twin, on to STEPS steps: the equal-compute baseline.
+# The best checkpoint of each run (lowest validation loss) is then exported without its optimizer state
+# into checkpoints/shakespeare-mdlm and checkpoints/shakespeare-ar.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-STEPS=${STEPS:-2500}
+STEPS=${STEPS:-2200}
 STEPS_AR_INIT=${STEPS_AR_INIT:-1000}
 RUNS=${RUNS:-runs}
 TOK=checkpoints/tokenizer_shakespeare_4096.json
@@ -22,4 +24,11 @@ if [ ! -d "$init" ]; then
 fi
 $PY -m mdlm_course train "${common[@]}" --init-from "$init" --steps $((STEPS - STEPS_AR_INIT)) \
     --out "$RUNS/shakespeare-mdlm"
+export_best() {   # weights, tokenizer, configs and history, without the optimizer state: what ships
+    rm -rf "checkpoints/$1.new" && $PY -c "import sys; from mdlm_course.checkpoint import export_for_shipping as e
+print(e(sys.argv[1], sys.argv[2]))" "$RUNS/$1" "checkpoints/$1.new" \
+    && rm -rf "checkpoints/$1" && mv "checkpoints/$1.new" "checkpoints/$1"
+}
+export_best shakespeare-mdlm
 $PY -m mdlm_course train "${common[@]}" --objective ar --steps "$STEPS" --out "$RUNS/shakespeare-ar"
+export_best shakespeare-ar
