@@ -13,7 +13,7 @@
 
 The model knows nothing of diffusion: it maps token ids to raw logits over the full vocabulary
 (the SUBS parameterisation that removes [MASK] lives in `diffusion.py`). With `causal=True` the
-same backbone is an autoregressive transformer (the AR twin of chapter 7).
+same backbone is an autoregressive transformer (the AR twin of chapter 8, ar.py).
 
 Time conditioning (`time_conditioning=True`, off by default) is an ablation: a sinusoidal embedding
 of t feeds adaLN modulation, norm(h) * (1 + scale(t)) + shift(t) and h + (1 + gate(t)) * branch.

@@ -11,6 +11,10 @@ p(x) = softmax(sharpness * z), z ~ N(0, 1). The [MASK] id is V, so models see V 
                      by enumerating every x_0 and every mask pattern and integrating over t by
                      Gauss-Legendre quadrature: no Monte Carlo error at all.
 
+Helpers shared by notebook 06 and tests/test_sampling.py: `law` and `tv` (empirical law of samples and
+total-variation distance), `zipf_staircase`, `race_step` and `race_ancestral` (the float32 race that
+truncates a categorical's tail, chapter 6).
+
 Any `model(xt, t) -> logits` with logits (B, L, V + 1) works with the package's nelbo() and the
 sampler, so these stand in for a trained network wherever the math is to be checked exactly.
 """
