@@ -5,6 +5,7 @@
                                   fixed, so every run and every notebook evaluates on the same text
     check_long_enough(ids, L)  -> raise if the token stream cannot fill one training window of L tokens
     encode_cached, TokenData, random_windows, fixed_windows  -> token streams and windows (chapter 5)
+    get_batch(data, cfg, L, step) -> the training windows of one micro-batch, a pure function of (seed, step)
     prepare_tokenizer(text, V) -> a BPE tokenizer for a text, trained once and cached
 
 Where the corpus and the cache live: config.COURSE_HOME (the repository, or $MDLM_COURSE_HOME).
@@ -178,6 +179,23 @@ def fixed_windows(ids, seq_len: int, n: int):
     last = len(ids) - seq_len
     starts = torch.linspace(0, last, n).round().long() if n > 1 else torch.zeros(1, dtype=torch.long)   # (n,)
     return ids[starts[:, None] + torch.arange(seq_len)[None, :]]                                          # (n, L)
+
+
+def batch_generator(seed: int, step: int, micro: int = 0, rank: int = 0) -> torch.Generator:
+    """The generator that picks the windows of one micro-batch: a pure function of (seed, rank, step, micro).
+
+    So the data order survives a resume without saving any state, and each DDP rank draws its own windows.
+    """
+    state = np.random.SeedSequence([seed, rank, step, micro]).generate_state(2)   # 2 x uint32
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def get_batch(data: TokenData, config, seq_len: int, step: int, micro: int = 0,
+              rank: int = 0) -> torch.Tensor:
+    """The x_0 windows (B, L) of micro-batch `micro` of optimizer step `step` on process `rank`:
+    config.batch_size random windows of the training split, drawn from batch_generator(config.seed, ...)."""
+    return random_windows(data.train_ids, config.batch_size, seq_len,
+                          batch_generator(config.seed, step, micro, rank))            # (B, L)
 
 
 # ---------------------------------------------------------------------------------------------

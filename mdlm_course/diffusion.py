@@ -67,7 +67,9 @@ class Schedule:
     """A noise schedule: alpha(t), its derivative dalpha(t), the NELBO weight(t), and alpha_inverse."""
 
     name = "base"
-    eps = EPS   # alpha_1; subclasses set their own in __init__
+
+    def __init__(self, eps: float = EPS):
+        self.eps = eps                                              # alpha_1 = eps for the built-in schedules
 
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -105,9 +107,6 @@ class LogLinearSchedule(Schedule):
 
     name = "loglinear"
 
-    def __init__(self, eps: float = EPS):
-        self.eps = eps
-
     def alpha(self, t):
         return 1 - (1 - self.eps) * _as_float(t)
 
@@ -127,9 +126,6 @@ class CosineSchedule(Schedule):
     """alpha_t = eps + (1 - eps) cos(pi t / 2): slow masking at first, fast at the end."""
 
     name = "cosine"
-
-    def __init__(self, eps: float = EPS):
-        self.eps = eps
 
     def alpha(self, t):
         return self.eps + (1 - self.eps) * torch.cos(math.pi / 2 * _as_float(t))

@@ -177,11 +177,15 @@ def _check_merges(merges: object) -> list[tuple[int, int]]:
     return out
 
 
+def _strings(value: object, what: str) -> tuple:
+    """value as a tuple, or a TokenizerTypeError when it is a bare string or not iterable at all."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise TokenizerTypeError(f"{what}, got {_type_name(value)} {_short(value)}")
+    return tuple(value)
+
+
 def _check_specials(special_tokens: object) -> tuple[str, ...]:
-    if isinstance(special_tokens, str) or not isinstance(special_tokens, Iterable):
-        raise TokenizerTypeError(f"special_tokens must be a list of strings such as [{MASK!r}], "
-                                 f"got {_type_name(special_tokens)} {_short(special_tokens)}")
-    specials = tuple(special_tokens)
+    specials = _strings(special_tokens, f"special_tokens must be a list of strings such as [{MASK!r}]")
     if MASK not in specials:
         raise TokenizerError(f"special_tokens must include {MASK!r} (the diffusion mask), got {_short(list(specials))}")
     if len(set(specials)) != len(specials) or not all(isinstance(s, str) and s for s in specials):
@@ -362,10 +366,8 @@ class BPETokenizer:
     def _allowed(self, allowed_special: str | Collection[str]) -> list[str]:
         if allowed_special == "all":
             return list(self.special_tokens)
-        if isinstance(allowed_special, str) or not isinstance(allowed_special, Iterable):
-            raise TokenizerTypeError(f"allowed_special must be 'all' or a collection of special tokens such as "
-                                     f"{{{MASK!r}}}, got {_short(allowed_special)}")
-        allowed = list(allowed_special)
+        allowed = list(_strings(allowed_special, "allowed_special must be 'all' or a collection of special "
+                                                  f"tokens such as {{{MASK!r}}}"))
         unknown = [s for s in allowed if s not in self.special_tokens]
         if unknown:
             raise TokenizerError(f"allowed_special has {_short(unknown)}, which are not special tokens "

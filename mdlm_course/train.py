@@ -37,7 +37,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -47,7 +46,7 @@ from .ar import ar_loss
 from .checkpoint import (check_resumable, check_writable, init_weights, list_checkpoints, load_checkpoint,
                          load_model_state, save_checkpoint_safely)
 from .config import TrainConfig, check_number
-from .data import DataError, TokenData, check_long_enough, random_windows
+from .data import DataError, TokenData, check_long_enough, get_batch
 from .device import all_average, autocast, autocast_dtype, peak_flops, setup_distributed
 from .diffusion import get_schedule, masked_nll, nelbo
 from .evaluate import METRIC, evaluate, make_val_set
@@ -59,7 +58,7 @@ class TrainingDiverged(FloatingPointError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Learning rate, optimizer, batches
+# Learning rate and optimizer (the batches: data.get_batch)
 # ---------------------------------------------------------------------------------------------
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -93,22 +92,6 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) 
     fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr,
                              betas=(config.beta1, config.beta2), fused=fused)
-
-
-def batch_generator(seed: int, step: int, micro: int = 0, rank: int = 0) -> torch.Generator:
-    """The generator that picks the windows of one micro-batch: a pure function of (seed, rank, step, micro).
-
-    So the data order survives a resume without saving any state, and each DDP rank draws its own windows.
-    """
-    state = np.random.SeedSequence([seed, rank, step, micro]).generate_state(2)   # 2 x uint32
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def get_batch(data: TokenData, config: TrainConfig, seq_len: int, step: int, micro: int = 0,
-              rank: int = 0) -> torch.Tensor:
-    """The x_0 windows (B, L) of micro-batch `micro` of optimizer step `step` on process `rank`."""
-    return random_windows(data.train_ids, config.batch_size, seq_len,
-                          batch_generator(config.seed, step, micro, rank))            # (B, L)
 
 
 # ---------------------------------------------------------------------------------------------

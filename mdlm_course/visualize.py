@@ -38,6 +38,7 @@ import torch.nn as nn
 
 from .checkpoint import CHECKPOINTS, CheckpointError, find_shipped_checkpoint, load_pretrained  # noqa: F401
 from .errors import MdlmError
+from .fileio import atomic_path
 from .sampling import METHODS, denoise, sample, token_probs
 
 MASK_GLYPH = "░"
@@ -559,10 +560,9 @@ class GifWriter:
                 frames.append(frame)
             step_ms = max(20, int(round(1000 / self.fps)))
             durations = [step_ms] * (len(frames) - 1) + [int(self.hold_s * 1000)]
-            tmp = self.path.with_name(self.path.name + ".part")
-            frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=durations,
-                           loop=0, optimize=False, disposal=1, transparency=self.CLEAR)
-            os.replace(tmp, self.path)
+            with atomic_path(self.path) as tmp:                   # a half-written GIF is never left behind
+                frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=durations,
+                               loop=0, optimize=False, disposal=1, transparency=self.CLEAR)
         except Exception as e:  # noqa: BLE001 - shown by the window / raised by record_gif
             self.error = e
 
@@ -570,9 +570,9 @@ class GifWriter:
         """Render everything and write the file now (blocking). Returns the path."""
         self.work()
         self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.path
+        if self.error is None:
+            return self.path
+        raise self.error
 
 
 def _surface_bytes(pg, surface) -> bytes:
