@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .diffusion import Model, check_tokens
+from .errors import MdlmError
 from .sampling import categorical, token_probs
 
 
@@ -34,7 +35,7 @@ def ar_loss(model: Model, x0: torch.Tensor) -> torch.Tensor:
     """Mean next-token NLL of a causal model on the windows x0 (B, L), nats per predicted token (a scalar)."""
     x0 = check_tokens(x0, "x0")
     if x0.shape[1] < 2:
-        raise ValueError(f"the AR objective needs windows of at least 2 tokens, got L={x0.shape[1]}")
+        raise MdlmError(f"the AR objective needs windows of at least 2 tokens, got L={x0.shape[1]}")
     return next_token_nll(model(x0, None), x0).mean()
 
 
@@ -49,12 +50,12 @@ def ar_sample(model: Model, *, num_samples: int, seq_len: int, prompt: torch.Ten
     each step re-reads the prefix, which is fine at the course's sizes (L <= 512).
     """
     if prompt is None and first_token is None:
-        raise ValueError("ar_sample needs a prompt or a first_token: an AR window starts from a given token")
+        raise MdlmError("ar_sample needs a prompt or a first_token: an AR window starts from a given token")
     start = torch.as_tensor(prompt if prompt is not None else [first_token], dtype=torch.long)   # (P,) or (B, P)
     if start.dim() == 1:
         start = start.repeat(num_samples, 1)                        # (B, P): the same start for every sample
     if start.dim() != 2 or len(start) != num_samples or not 1 <= start.shape[1] <= seq_len:
-        raise ValueError(f"prompt must hold 1..{seq_len} ids, shared (P,) or one row per sample "
+        raise MdlmError(f"prompt must hold 1..{seq_len} ids, shared (P,) or one row per sample "
                          f"({num_samples}, P); got shape {tuple(start.shape)}")
     device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
     was_training = getattr(model, "training", False)

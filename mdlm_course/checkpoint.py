@@ -357,7 +357,7 @@ def find_checkpoint(path: str | Path, which: str = "best") -> Path:
     """A checkpoint directory: `path` itself if it holds meta.json, else the run's "best" or "latest"."""
     path = Path(path)
     if which not in ("best", "latest"):
-        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+        raise MdlmError(f"which must be 'best' or 'latest', got {which!r}")
     if (path / META_FILE).exists():
         return path
     if not path.exists():

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from .diffusion import get_schedule
+from .errors import MdlmError
 
 QUICK = os.environ.get("MDLM_COURSE_QUICK", "") not in ("", "0")
 
@@ -46,11 +47,11 @@ def from_preset(presets: dict, kind: str, name: str, overrides: dict):
     from_preset(PRESETS, "model", "tiny", {"n_layer": 3}) -> ModelConfig(..., n_layer=3, ...)
     """
     if name not in presets:
-        raise ValueError(f"unknown {kind} preset {name!r}; choose from {', '.join(sorted(presets))}")
+        raise MdlmError(f"unknown {kind} preset {name!r}; choose from {', '.join(sorted(presets))}")
     base = presets[name]
     bad = sorted(set(overrides) - {f.name for f in fields(base)})
     if bad:
-        raise ValueError(f"unknown {type(base).__name__} field(s) {bad}")
+        raise MdlmError(f"unknown {type(base).__name__} field(s) {bad}")
     return replace(base, **overrides)
 
 
@@ -69,7 +70,7 @@ def check_number(owner: str, name: str, value, *, integer: bool = False, lo: flo
     ok = ok and (lo is None or (value > lo if lo_open else value >= lo))
     ok = ok and (hi is None or (value < hi if hi_open else value <= hi))
     if not ok:
-        raise ValueError(f"{owner}.{name} must be {kind}{where}, got {value!r}")
+        raise MdlmError(f"{owner}.{name} must be {kind}{where}, got {value!r}")
 
 
 class _Config:
@@ -106,22 +107,22 @@ class ModelConfig(_Config):
         for name in ("vocab_size", "seq_len", "n_layer", "n_head", "d_model", "cond_dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+                raise MdlmError(f"ModelConfig.{name} must be a positive int, got {value!r}")
         for name in ("tie_embeddings", "time_conditioning", "causal"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"ModelConfig.{name} must be True or False, got {getattr(self, name)!r}")
+                raise MdlmError(f"ModelConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.d_model % self.n_head:
-            raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+            raise MdlmError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
         if (self.d_model // self.n_head) % 2:
-            raise ValueError(f"head size d_model/n_head={self.d_model // self.n_head} must be even for RoPE")
+            raise MdlmError(f"head size d_model/n_head={self.d_model // self.n_head} must be even for RoPE")
         if self.cond_dim % 2:
-            raise ValueError(f"cond_dim={self.cond_dim} must be even (sinusoidal features come in cos/sin pairs)")
+            raise MdlmError(f"cond_dim={self.cond_dim} must be even (sinusoidal features come in cos/sin pairs)")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise MdlmError(f"dropout must be in [0, 1), got {self.dropout}")
         if not (isinstance(self.rope_base, (int, float)) and math.isfinite(self.rope_base) and self.rope_base > 1):
-            raise ValueError(f"rope_base must be a finite number > 1, got {self.rope_base!r}")
+            raise MdlmError(f"rope_base must be a finite number > 1, got {self.rope_base!r}")
         if not (isinstance(self.norm_eps, (int, float)) and 0 < self.norm_eps < 1):
-            raise ValueError(f"norm_eps must be in (0, 1), got {self.norm_eps!r}")
+            raise MdlmError(f"norm_eps must be in (0, 1), got {self.norm_eps!r}")
 
     @property
     def d_head(self) -> int:
@@ -196,12 +197,12 @@ class TrainConfig(_Config):
         check("ema_decay", lo=0, hi=1, hi_open=True)
         check("fp16_init_scale", lo=1)
         if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
-            raise ValueError(f"TrainConfig.dtype must be auto, bf16, fp16 or fp32, got {self.dtype!r}")
+            raise MdlmError(f"TrainConfig.dtype must be auto, bf16, fp16 or fp32, got {self.dtype!r}")
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"TrainConfig.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+            raise MdlmError(f"TrainConfig.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         for name in ("stratified", "compile"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"TrainConfig.{name} must be True or False, got {getattr(self, name)!r}")
+                raise MdlmError(f"TrainConfig.{name} must be True or False, got {getattr(self, name)!r}")
         get_schedule(self.schedule)   # raises for an unknown name
 
     @classmethod

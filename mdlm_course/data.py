@@ -70,7 +70,7 @@ def load_text(path: str | Path, *, min_chars: int = 1) -> str:
 def split_text(text: str, val_fraction: float = VAL_FRACTION) -> tuple[str, str]:
     """Split into (train, val) at character len*(1-val_fraction).  split_text("abcdefghijklmnopqrst") -> ('abcdefghijklmnopqrs', 't')"""
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise MdlmError(f"val_fraction must be in (0, 1), got {val_fraction}")
     cut = int(round(len(text) * (1 - val_fraction)))
     return text[:cut], text[cut:]
 

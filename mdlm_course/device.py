@@ -19,6 +19,8 @@ from typing import Callable, TypeVar
 import torch
 import torch.distributed as dist
 
+from .errors import MdlmError
+
 R = TypeVar("R")
 
 
@@ -38,12 +40,12 @@ def get_device(prefer: str | None = None) -> torch.device:
         try:
             device = torch.device(prefer)
         except (RuntimeError, TypeError):
-            raise ValueError(f"unknown device {prefer!r}; the devices here are: {', '.join(here)}") from None
+            raise MdlmError(f"unknown device {prefer!r}; the devices here are: {', '.join(here)}") from None
         if device.type not in here:
-            raise ValueError(f"device {prefer!r} is not available here (this torch build or machine has "
+            raise MdlmError(f"device {prefer!r} is not available here (this torch build or machine has "
                              f"none); the devices here are: {', '.join(here)}")
         if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {prefer!r}: there are only {torch.cuda.device_count()} CUDA devices")
+            raise MdlmError(f"device {prefer!r}: there are only {torch.cuda.device_count()} CUDA devices")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -85,7 +87,7 @@ def autocast_dtype(device: torch.device | str, dtype: str = "auto") -> torch.dty
     if dtype == "fp16":
         return torch.float16
     if dtype != "auto":
-        raise ValueError(f"dtype must be auto, bf16, fp16 or fp32, got {dtype!r}")
+        raise MdlmError(f"dtype must be auto, bf16, fp16 or fp32, got {dtype!r}")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu" and cpu_has_fast_bf16():

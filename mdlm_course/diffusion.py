@@ -56,6 +56,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from .errors import MdlmError
+
 EPS = 1e-3  # alpha_1 = EPS: even at t = 1 a token survives with probability 1e-3
 T_MIN = 1e-3  # sampled times lie in [T_MIN, 1]: caps the weight (1/t <= 1000) at a bias of order T_MIN
 NEG_INF = -1e9  # "log 0" in SUBS log-probs: exp() of it is exactly 0 in float32, yet 0 * it is 0, not nan
@@ -151,7 +153,7 @@ def get_schedule(schedule: Schedule | str | None = None) -> Schedule:
         return LogLinearSchedule()
     if isinstance(schedule, str):
         if schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {schedule!r}; choose from {sorted(SCHEDULES)}")
+            raise MdlmError(f"unknown schedule {schedule!r}; choose from {sorted(SCHEDULES)}")
         return SCHEDULES[schedule]()
     return schedule
 
@@ -174,9 +176,9 @@ def uniform(shape, generator: torch.Generator | None, device, dtype: torch.dtype
 def check_tokens(x: torch.Tensor, name: str) -> torch.Tensor:
     """x as int64 token ids (B, L): other integer dtypes (int32, uint8, ...) are cast; anything else raises."""
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a tensor of integer token ids of shape (B, L), got {type(x).__name__}")
+        raise MdlmError(f"{name} must be a tensor of integer token ids of shape (B, L), got {type(x).__name__}")
     if x.dim() != 2 or x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-        raise ValueError(f"{name} must be integer token ids of shape (B, L), got {tuple(x.shape)} {x.dtype}")
+        raise MdlmError(f"{name} must be integer token ids of shape (B, L), got {tuple(x.shape)} {x.dtype}")
     return x.long()
 
 
@@ -186,7 +188,7 @@ def _per_row(t, B: int, device) -> torch.Tensor:
     if t.dim() == 0:
         t = t.expand(B)
     if t.shape != (B,):
-        raise ValueError(f"t must be a float or have shape (B,) = ({B},), got {tuple(t.shape)}")
+        raise MdlmError(f"t must be a float or have shape (B,) = ({B},), got {tuple(t.shape)}")
     return t
 
 
@@ -219,7 +221,7 @@ def q_step(xs: torch.Tensor, s, t, mask_id: int, schedule: Schedule | str | None
     B, L = xs.shape
     s, t = _per_row(s, B, xs.device), _per_row(t, B, xs.device)
     if (s > t).any():
-        raise ValueError("q_step needs s <= t: the forward process only adds masks")
+        raise MdlmError("q_step needs s <= t: the forward process only adds masks")
     p_mask = 1 - schedule.alpha(t) / schedule.alpha(s)             # (B,)
     newly = uniform((B, L), generator, xs.device) < p_mask[:, None]   # (B, L)
     return torch.where(newly, torch.full_like(xs, mask_id), xs)
@@ -266,7 +268,7 @@ def forbid_mask(logits: torch.Tensor, mask_id: int, dtype: torch.dtype = torch.f
     """
     V = logits.shape[-1]
     if isinstance(mask_id, bool) or not isinstance(mask_id, int) or not 0 <= mask_id < V:
-        raise ValueError(f"mask_id={mask_id!r} is not a valid index into the vocabulary of size {V}")
+        raise MdlmError(f"mask_id={mask_id!r} is not a valid index into the vocabulary of size {V}")
     index = torch.tensor([mask_id], device=logits.device)
     return logits.to(dtype).index_fill(-1, index, NEG_INF)          # (..., V): "log 0" for MASK, one fused pass
 
@@ -281,7 +283,7 @@ def subs_log_probs(logits: torch.Tensor, xt: torch.Tensor, mask_id: int) -> torc
     """
     xt = check_tokens(xt, "xt")
     if logits.dim() != 3 or logits.shape[:2] != xt.shape:
-        raise ValueError(f"logits must have shape (B, L, V) with (B, L) = {tuple(xt.shape)}, got {tuple(logits.shape)}")
+        raise MdlmError(f"logits must have shape (B, L, V) with (B, L) = {tuple(xt.shape)}, got {tuple(logits.shape)}")
     log_probs = forbid_mask(logits, mask_id).log_softmax(-1)       # (B, L, V)
     carry = torch.full_like(log_probs, NEG_INF).scatter(-1, xt[..., None], 0.0)    # one-hot of x_t, in log space
     is_masked = (xt == mask_id)[..., None]                          # (B, L, 1)
@@ -350,17 +352,17 @@ def nelbo_terms(model: Model, x0: torch.Tensor, *, mask_id: int, schedule: Sched
     x0 = check_tokens(x0, "x0")
     B, L = x0.shape
     if B == 0 or L == 0:
-        raise ValueError(f"x0 is empty (shape {tuple(x0.shape)}); the NELBO needs at least one token")
+        raise MdlmError(f"x0 is empty (shape {tuple(x0.shape)}); the NELBO needs at least one token")
     if check_x0 and (x0 == mask_id).any():
-        raise ValueError(f"x0 contains mask_id={mask_id}; the clean data must not contain the [MASK] token")
+        raise MdlmError(f"x0 contains mask_id={mask_id}; the clean data must not contain the [MASK] token")
     if check_x0 and int(x0.min()) < 0:
-        raise ValueError(f"x0 contains a negative token id {int(x0.min())}; encode the text with the tokenizer")
+        raise MdlmError(f"x0 contains a negative token id {int(x0.min())}; encode the text with the tokenizer")
     if T is not None and (isinstance(T, bool) or not isinstance(T, int) or T < 1):
-        raise ValueError(f"T must be a positive int (number of discrete steps) or None, got {T!r}")
+        raise MdlmError(f"T must be a positive int (number of discrete steps) or None, got {T!r}")
     if t is not None:
         t_check = _as_float(t)
         if not bool(((t_check > 0) & (t_check <= 1)).all()):
-            raise ValueError("t must lie in (0, 1]: at t = 0 nothing is masked and the weight w(0) is infinite")
+            raise MdlmError("t must lie in (0, 1]: at t = 0 nothing is masked and the weight w(0) is infinite")
     schedule = get_schedule(schedule)
     if T is None:
         t = _per_row(t, B, x0.device) if t is not None else \
@@ -374,13 +376,13 @@ def nelbo_terms(model: Model, x0: torch.Tensor, *, mask_id: int, schedule: Sched
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if isinstance(vocab, int):                                      # before the model call can fail inside torch
         if not 0 <= mask_id < vocab:
-            raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary of size {vocab}")
+            raise MdlmError(f"mask_id={mask_id} is outside the model's vocabulary of size {vocab}")
         if check_x0 and int(x0.max()) >= vocab:
-            raise ValueError(f"x0 contains token id {int(x0.max())} >= the model's vocabulary size {vocab}")
+            raise MdlmError(f"x0 contains token id {int(x0.max())} >= the model's vocabulary size {vocab}")
     xt = q_sample(x0, t, mask_id, schedule, generator)              # (B, L)
     logits = model(xt, t)                                           # (B, L, V)
     if check_x0 and int(x0.max()) >= logits.shape[-1]:
-        raise ValueError(f"x0 contains token id {int(x0.max())} >= the model's vocabulary size {logits.shape[-1]}")
+        raise MdlmError(f"x0 contains token id {int(x0.max())} >= the model's vocabulary size {logits.shape[-1]}")
     nll_sum = (nll_fn or masked_nll)(logits, xt, x0, mask_id).sum(-1)   # (B,) = -sum_i log p(x0^i | xt), SUBS
     loss = weight * nll_sum / L                                     # (B,)
     return NelboTerms(loss=loss, t=t, weight=weight, nll_sum=nll_sum, n_masked=(xt == mask_id).sum(-1))

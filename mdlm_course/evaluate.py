@@ -40,6 +40,7 @@ from .config import OBJECTIVES
 from .data import DEFAULT_CORPUS, check_long_enough, fixed_windows, load_text, split_text
 from .device import autocast
 from .diffusion import get_schedule, masked_nll, prior_term, q_sample
+from .errors import MdlmError
 from .model import unwrap
 from .sampling import sample
 
@@ -66,7 +67,7 @@ def make_val_set(val_ids: torch.Tensor, seq_len: int, n: int, mask_id: int, sche
     stratified times with one fixed mask draw per row. pass_index p of `passes` shifts the time grid by
     (p + 0.5) / passes of a stratum and draws its own masks (seed VAL_SEED + p)."""
     if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        raise MdlmError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     windows = fixed_windows(val_ids, seq_len, n)                                        # (n, L)
     if objective == "ar":
         n_bytes = None if tokenizer is None else sum(len(tokenizer.decode_bytes(w[1:])) for w in windows)

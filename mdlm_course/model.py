@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import PRESETS, ModelConfig  # noqa: F401  (re-exported: model.ModelConfig)
+from .errors import MdlmError
 
 
 class RMSNorm(nn.Module):
@@ -210,16 +211,16 @@ class MDLM(nn.Module):
         [0, vocab_size) give a ValueError instead of an index error deep inside torch.
         """
         if xt.dim() != 2 or xt.is_floating_point() or xt.is_complex() or xt.dtype == torch.bool:
-            raise ValueError(f"xt must be integer token ids of shape (B, L), got {tuple(xt.shape)} {xt.dtype}")
+            raise MdlmError(f"xt must be integer token ids of shape (B, L), got {tuple(xt.shape)} {xt.dtype}")
         if xt.dtype not in (torch.int32, torch.int64):
             xt = xt.long()                                          # the embedding takes int32 or int64
         B, L = xt.shape
         V = self.config.vocab_size
         if self.check_inputs and xt.numel() and not (0 <= int(xt.min()) and int(xt.max()) < V):
-            raise ValueError(f"xt holds token ids outside [0, {V}) (min {int(xt.min())}, max {int(xt.max())}); "
+            raise MdlmError(f"xt holds token ids outside [0, {V}) (min {int(xt.min())}, max {int(xt.max())}); "
                              "encode the text with the model's tokenizer")
         if L > self.config.seq_len:
-            raise ValueError(
+            raise MdlmError(
                 f"sequence length {L} exceeds config.seq_len={self.config.seq_len} (the RoPE tables' size); "
                 "use shorter windows or build the model with a larger seq_len"
             )
@@ -227,7 +228,7 @@ class MDLM(nn.Module):
         cond = None
         if self.config.time_conditioning:
             if t is None:
-                raise ValueError("this model has time_conditioning=True, so forward(xt, t) needs t (B,)")
+                raise MdlmError("this model has time_conditioning=True, so forward(xt, t) needs t (B,)")
             t = torch.as_tensor(t, device=xt.device, dtype=torch.float32).expand(B)   # (B,)
             cond = self.time_mlp(timestep_embedding(t, self.config.cond_dim))        # (B, cond_dim)
         for block in self.blocks:

@@ -70,6 +70,7 @@ import torch
 import torch.nn as nn
 
 from .diffusion import Model, Schedule, forbid_mask, get_schedule, uniform, unmask_probability
+from .errors import MdlmError
 
 METHODS = ("ancestral", "first_hitting", "confidence")
 MIN_TEMPERATURE = 1e-3   # below this, logits / temperature overflows float64 for logits of a few hundred
@@ -117,7 +118,7 @@ def categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -
     cdf = probs.cumsum(-1)                                          # (N, V) float64
     total = cdf[:, -1]                                              # (N,)
     if not bool((torch.isfinite(total) & (total > 0)).all()) or bool((probs < 0).any()):
-        raise ValueError("the model's probabilities are NaN, inf, negative or all zero (NaN weights, or a "
+        raise MdlmError("the model's probabilities are NaN, inf, negative or all zero (NaN weights, or a "
                          "temperature too close to 0); check the checkpoint and the temperature")
     u = uniform((probs.shape[0], 1), generator, probs.device, torch.float64) * cdf[:, -1:]   # (N, 1) in [0, total)
     x = torch.searchsorted(cdf, u, right=True)[:, 0]                # (N,)
@@ -150,17 +151,17 @@ class _Network:
     def _check(self, logits: torch.Tensor, xt: torch.Tensor) -> None:
         if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[:2] != xt.shape:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise ValueError(f"model(xt, t) must return logits of shape (B, L, V) = ({xt.shape[0]}, "
+            raise MdlmError(f"model(xt, t) must return logits of shape (B, L, V) = ({xt.shape[0]}, "
                              f"{xt.shape[1]}, V), got {shape}")
         _check_vocab(logits.shape[-1], self.mask_id, self.template)
 
 
 def _check_vocab(vocab_size: int, mask_id: int, template: torch.Tensor) -> None:
     if not 0 <= mask_id < vocab_size:
-        raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary of size {vocab_size}; "
+        raise MdlmError(f"mask_id={mask_id} is outside the model's vocabulary of size {vocab_size}; "
                          f"pass the tokenizer's mask_id")
     if template.numel() and int(template.max()) >= vocab_size:
-        raise ValueError(f"prompt contains token id {int(template.max())} >= the model's vocab_size "
+        raise MdlmError(f"prompt contains token id {int(template.max())} >= the model's vocab_size "
                          f"{vocab_size}; encode it with the model's tokenizer")
 
 
@@ -262,7 +263,7 @@ def _confidence(net, xt, todo, *, steps, schedule, mask_id, draw_with_probs, cac
 
 def _check_int(name: str, value, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        raise MdlmError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _template(prompt, seq_len: int, mask_id: int) -> torch.Tensor:
@@ -272,13 +273,13 @@ def _template(prompt, seq_len: int, mask_id: int) -> torch.Tensor:
         return x
     prompt = torch.as_tensor(prompt)
     if prompt.dim() != 1 or prompt.is_floating_point() or prompt.dtype == torch.bool:
-        raise ValueError(f"prompt must be a 1-D tensor of token ids shared by all samples, "
+        raise MdlmError(f"prompt must be a 1-D tensor of token ids shared by all samples, "
                          f"got shape {tuple(prompt.shape)} dtype {prompt.dtype}")
     if len(prompt) > seq_len:
-        raise ValueError(f"prompt has {len(prompt)} tokens, longer than seq_len={seq_len}; "
+        raise MdlmError(f"prompt has {len(prompt)} tokens, longer than seq_len={seq_len}; "
                          f"raise seq_len or shorten the prompt")
     if len(prompt) and int(prompt.min()) < 0:
-        raise ValueError(f"prompt contains a negative token id {int(prompt.min())}")
+        raise MdlmError(f"prompt contains a negative token id {int(prompt.min())}")
     x[: len(prompt)] = prompt.cpu().long()
     return x
 
@@ -300,15 +301,15 @@ def denoise(model: Model, *, mask_id: int, num_samples: int, seq_len: int, steps
     _check_int("seq_len", seq_len)
     _check_int("mask_id", mask_id, minimum=0)
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        raise MdlmError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if method != "first_hitting" or steps is not None:
         _check_int("steps", steps)                  # first_hitting ignores steps (None allowed)
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or \
             not MIN_TEMPERATURE <= temperature < math.inf:
-        raise ValueError(f"temperature must be a finite number >= {MIN_TEMPERATURE} (use e.g. 0.1 for "
+        raise MdlmError(f"temperature must be a finite number >= {MIN_TEMPERATURE} (use e.g. 0.1 for "
                          f"near-greedy), got {temperature!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+        raise MdlmError(f"top_p must be in (0, 1] or None, got {top_p!r}")
     if block_length is not None:
         _check_int("block_length", block_length)
     template = _template(prompt, seq_len, mask_id)                  # (L,)

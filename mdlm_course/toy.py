@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .diffusion import Schedule, forbid_mask, get_schedule
+from .errors import MdlmError
 
 
 class ToyDistribution:
@@ -33,7 +34,7 @@ class ToyDistribution:
 
     def __init__(self, L: int = 4, V: int = 3, sharpness: float = 2.5, seed: int = 0):
         if V ** L > 100_000:
-            raise ValueError(f"V**L = {V ** L} sequences is too many to enumerate; use a smaller L or V")
+            raise MdlmError(f"V**L = {V ** L} sequences is too many to enumerate; use a smaller L or V")
         self.L, self.V = L, V
         self.mask_id = V                    # ids 0..V-1 are tokens, V is [MASK]
         self.vocab_size = V + 1

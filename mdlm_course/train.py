@@ -49,6 +49,7 @@ from .config import TrainConfig, check_number
 from .data import DataError, TokenData, check_long_enough, get_batch
 from .device import all_average, autocast, autocast_dtype, peak_flops, setup_distributed
 from .diffusion import get_schedule, masked_nll, nelbo
+from .errors import MdlmError
 from .evaluate import METRIC, evaluate, make_val_set
 from .model import flops_per_token, unwrap
 
@@ -141,7 +142,7 @@ def train(model: nn.Module, config: TrainConfig, data: TokenData, *, tokenizer=N
     """
     if mask_id is None:
         if tokenizer is None:
-            raise ValueError("train() needs tokenizer=... (or, for data without one, mask_id=...) to know "
+            raise MdlmError("train() needs tokenizer=... (or, for data without one, mask_id=...) to know "
                              "which id is [MASK]")
         mask_id = tokenizer.mask_id
     rank, world_size, device, initialised_here = setup_distributed(config.device)
@@ -157,20 +158,20 @@ def train(model: nn.Module, config: TrainConfig, data: TokenData, *, tokenizer=N
 def _check_inputs(raw, cfg, data, tokenizer, mask_id, out_dir, resume, stop_at) -> None:
     """Everything that can be checked before the first step: a bad input costs seconds, not a run."""
     if tokenizer is not None and tokenizer.vocab_size != raw.config.vocab_size:
-        raise ValueError(f"the model has vocab_size={raw.config.vocab_size} but the tokenizer has "
+        raise MdlmError(f"the model has vocab_size={raw.config.vocab_size} but the tokenizer has "
                          f"{tokenizer.vocab_size}; build it with ModelConfig.preset(..., vocab_size=tok.vocab_size)")
     if not 0 <= mask_id < raw.config.vocab_size:
-        raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary of {raw.config.vocab_size}")
+        raise MdlmError(f"mask_id={mask_id} is outside the model's vocabulary of {raw.config.vocab_size}")
     if raw.config.causal != (cfg.objective == "ar"):
-        raise ValueError(f"objective={cfg.objective!r} needs a model with causal={cfg.objective == 'ar'}, got "
+        raise MdlmError(f"objective={cfg.objective!r} needs a model with causal={cfg.objective == 'ar'}, got "
                          f"causal={raw.config.causal}")
     if stop_at is not None:
         check_number("train", "stop_at", stop_at, integer=True, lo=1)
     if resume and out_dir is None:
-        raise ValueError("resume=True needs out_dir (the run directory to resume from)")
+        raise MdlmError("resume=True needs out_dir (the run directory to resume from)")
     if out_dir is not None:
         if not resume and list_checkpoints(out_dir):
-            raise ValueError(f"{out_dir} already holds checkpoints (latest: {list_checkpoints(out_dir)[-1].name}); "
+            raise MdlmError(f"{out_dir} already holds checkpoints (latest: {list_checkpoints(out_dir)[-1].name}); "
                              "pass resume=True (--resume) to continue that run, or choose another out_dir")
         check_writable(out_dir)
     L = raw.config.seq_len

@@ -1125,3 +1125,16 @@ def test_cli_sample_error(capsys, tmp_path, trained, extra, needles):
     extra = [e.format(tmp=tmp_path, bad=bad) for e in extra]
     args = ["sample", *([] if "--checkpoint" in extra else ["--checkpoint", trained]), *extra]
     assert_cli_error(capsys, args, *needles)
+
+
+# --- the base class ---
+
+def test_every_user_error_of_the_package_is_an_mdlm_error():
+    """cli.main prints any MdlmError in one line: the package raises no bare ValueError of its own
+    (TypeError is kept where Python code expects it, and subclasses it with MdlmError where it is the user's)."""
+    import mdlm_course
+    root = Path(mdlm_course.__file__).parent
+    offenders = [f"{p.name}:{i}" for p in sorted(root.glob("*.py"))
+                 for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+                 if "raise ValueError(" in line]
+    assert offenders == []
