@@ -88,9 +88,11 @@ def run_demo(quick: bool = False, live: bool | None = None, use_checkpoint: bool
         print(f"== 1. Tokenizer (from the checkpoint): {tok}")
         for sentence in SENTENCES[:2]:
             print(f"  {sentence!r}\n   -> {show_split(tok, sentence, sep=' | ')}")
-        val = (meta.get("metrics") or {}).get("val_nelbo")
+        metrics = meta.get("metrics") or {}
+        val, bpb = metrics.get("val_nelbo"), metrics.get("val_bpb")
         print(f"\n== 2. Model: {shipped.relative_to(ROOT)}, {model.num_params() / 1e6:.2f}M parameters, "
-              f"step {meta.get('step')}" + (f", validation NELBO {val:.3f} nats/token" if val else "") + "\n")
+              f"step {meta.get('step')}" + (f", validation NELBO {val:.3f} nats/token" if val else "")
+              + (f" = {bpb:.3f} bits/byte" if bpb else "") + "\n")
         seq_len = model.config.seq_len
     else:
         text = load_text(DEFAULT_CORPUS)

@@ -41,7 +41,27 @@ def run_notebook(path: str | Path, *, quick: bool, inplace: bool = False, timeou
             else:
                 os.environ[k] = v
     if inplace:
-        nbformat.write(nb, path)
+        nbformat.write(tidy_outputs(nb), path)
+    return nb
+
+
+def tidy_outputs(nb):
+    """Merge consecutive stream outputs of a cell and keep what a terminal shows of each line (the text
+    after its last carriage return), as Jupyter renders them: a progress bar leaves its last state, not
+    hundreds of chunks."""
+    for cell in nb.cells:
+        merged = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream" \
+                    and merged[-1].get("name") == out.get("name"):
+                merged[-1]["text"] += out["text"]
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.get("output_type") == "stream":
+                out["text"] = "\n".join(line.rsplit("\r", 1)[-1] for line in out["text"].split("\n"))
+        if "outputs" in cell:
+            cell["outputs"] = merged
     return nb
 
 

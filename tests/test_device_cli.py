@@ -63,3 +63,11 @@ def test_doctor_reports_a_missing_dependency(monkeypatch, capsys):
 def test_module_entry_point():
     r = subprocess.run([sys.executable, "-m", "mdlm_course", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "doctor" in r.stdout
+
+
+def test_choose_preset_says_what_suits_the_device_and_why(monkeypatch):
+    from mdlm_course.pipeline import choose_preset
+    preset, why = choose_preset("cpu")
+    assert preset == "cpu" and why.startswith("cpu:") and "4.3M" in why
+    monkeypatch.setattr(dev, "cpu_has_fast_bf16", lambda: False)
+    assert "float32" in choose_preset("cpu")[1]                 # no bf16 units: no emulated bf16
