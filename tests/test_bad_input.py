@@ -645,9 +645,6 @@ from mdlm_course.checkpoint import (  # noqa: E402
 )
 from mdlm_course.train import make_optimizer  # noqa: E402
 
-SHIPPED_5 = Path(__file__).resolve().parents[1] / "checkpoints" / "05_training_shakespeare" / "step-001800"
-
-
 @pytest.fixture
 def saved(tmp_path):
     """A checkpoint with everything: AdamW state, EMA, tokenizer, history."""
@@ -811,14 +808,14 @@ def test_checkpoint_refuses_non_finite_weights_on_load(saved, fname, key, value)
     assert_one_line_error(CheckpointError, lambda: load_pretrained(saved), key)
 
 
-def test_checkpoint_shipped_one_still_loads():
-    """Checkpoints written before meta_sha256 existed load: the shipped one of chapter 5."""
-    if not SHIPPED_5.is_dir():
-        pytest.skip("the shipped checkpoint is not here")
-    meta = read_meta(SHIPPED_5)
-    assert "meta_sha256" not in meta and meta["step"] == 1800
-    model, tok, _ = load_pretrained(SHIPPED_5)
-    assert model.config.vocab_size == tok.vocab_size == 1024
+def test_checkpoint_written_before_the_hash_still_loads(saved):
+    """Checkpoints written before meta_sha256 existed (their meta.json has no such key) load as before."""
+    meta = json.loads((saved / "meta.json").read_text())
+    del meta["meta_sha256"]
+    (saved / "meta.json").write_text(json.dumps(meta))
+    assert "meta_sha256" not in read_meta(saved) and read_meta(saved)["step"] == 7
+    model, tok, _ = load_pretrained(saved)
+    assert model.config.vocab_size == SMALL_MODEL["vocab_size"] and tok.vocab_size == 257
 
 
 def test_checkpoint_new_ones_carry_their_hash(saved):
