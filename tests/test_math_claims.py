@@ -93,3 +93,15 @@ def test_stratified_times_one_per_stratum_and_old_name_is_read():
     with pytest.warns(DeprecationWarning):
         old = {k: v for k, v in TrainConfig().to_dict().items() if k != "stratified"}
         assert TrainConfig.from_dict({**old, "antithetic": False}).stratified is False
+
+
+def test_prior_term_of_a_near_uniform_model_is_eps_log_v_minus_one():
+    """The guide's size of the prior term: eps ln(V - 1) = 0.0083 nats/token at V = 4096 for a model that
+    guesses uniformly (an untrained one nearly does)."""
+    torch.manual_seed(0)
+    model = MDLM(ModelConfig(vocab_size=4096, seq_len=32, n_layer=1, n_head=2, d_model=32))
+    x0 = torch.randint(0, 4095, (4, 32))
+    assert EPS * math.log(4095) == pytest.approx(0.0083, abs=5e-5)
+    with torch.no_grad():
+        prior = float(prior_term(model, x0, mask_id=4095))
+    assert prior == pytest.approx(EPS * math.log(4095), rel=0.02)
