@@ -61,7 +61,7 @@ def run_variant(model_config, base: TrainConfig, data: TokenData, dtype: str, co
                          "batch_size": batch_size or base.batch_size})
     t0 = time.perf_counter()
     try:
-        result = train(model, cfg, data, progress=False)
+        result = train(model, cfg, data, progress=False, mask_id=model_config.vocab_size - 1)
     except TrainingDiverged as e:
         return {"dtype": dtype, "compile": compile, "batch_size": cfg.batch_size, "error": str(e),
                 "seconds": time.perf_counter() - t0}
@@ -85,11 +85,12 @@ def profile_steps(model_config, base: TrainConfig, data: TokenData, device, path
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     cfg = TrainConfig(**{**base.to_dict(), "dtype": "bf16", "compile": compile, "device": str(device),
                          "max_steps": 3, "log_interval": 1, "eval_windows": 1})
-    model = train(MDLM(model_config), cfg, data, progress=False).model   # warm-up: allocator, cuBLAS, compiling
+    # warm-up: allocator, cuBLAS, compiling
+    model = train(MDLM(model_config), cfg, data, progress=False, mask_id=model_config.vocab_size - 1).model
     cfg = TrainConfig(**{**cfg.to_dict(), "max_steps": steps})
     t0 = time.perf_counter()
     with profile(activities=activities) as prof:
-        train(model, cfg, data, progress=False)
+        train(model, cfg, data, progress=False, mask_id=model_config.vocab_size - 1)
     wall = time.perf_counter() - t0
     kind = "compiled" if compile else "eager"
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
