@@ -858,20 +858,25 @@ def test_checkpoint_save_retries_once(tmp_path, monkeypatch, capsys):
     assert "No space left on device" in err and "retrying once" in err
 
 
-def test_checkpoint_save_fails_twice_then_rescues(tmp_path, monkeypatch, capsys):
-    """Item 7: two failures write the run to a fallback folder, named in one line, and loadable from there."""
+def _saves_fail_for(monkeypatch, folder: Path, error: OSError, rescue: Path) -> None:
+    """Every save_checkpoint into `folder` raises `error`; the fallback folder goes under `rescue`."""
     import tempfile
 
     real = ckpt_module.save_checkpoint
-    target = tmp_path / "run"
 
-    def broken_for_target(run_dir, **kwargs):
-        if Path(run_dir) == target:
-            raise PermissionError(13, "Permission denied")
+    def broken(run_dir, **kwargs):
+        if Path(run_dir) == folder:
+            raise error
         return real(run_dir, **kwargs)
 
-    monkeypatch.setattr(ckpt_module, "save_checkpoint", broken_for_target)
-    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path / "rescue"))
+    monkeypatch.setattr(ckpt_module, "save_checkpoint", broken)
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(rescue))
+
+
+def test_checkpoint_save_fails_twice_then_rescues(tmp_path, monkeypatch, capsys):
+    """Item 7: two failures write the run to a fallback folder, named in one line, and loadable from there."""
+    target = tmp_path / "run"
+    _saves_fail_for(monkeypatch, target, PermissionError(13, "Permission denied"), tmp_path / "rescue")
     model = _model_for_saving()
     message = assert_one_line_error(CheckpointSaveError, lambda: save_checkpoint_safely(target, model=model, step=3),
                                     str(target), "Permission denied", str(tmp_path / "rescue"), "--resume")
@@ -1071,17 +1076,7 @@ def test_cli_same_seed_same_weights(capsys, tmp_path, corpus, cache, trained):
 
 def test_cli_save_that_fails_twice_exits_4_and_keeps_the_run(capsys, tmp_path, corpus, cache, run_copy, monkeypatch):
     """Item 7: a run whose saves fail is written to a fallback folder (named, exit 4); the old checkpoint stays whole."""
-    import tempfile
-
-    real = ckpt_module.save_checkpoint
-
-    def broken_for_run(run_dir, **kwargs):
-        if Path(run_dir) == run_copy:
-            raise OSError(28, "No space left on device")
-        return real(run_dir, **kwargs)
-
-    monkeypatch.setattr(ckpt_module, "save_checkpoint", broken_for_run)
-    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path / "rescue"))
+    _saves_fail_for(monkeypatch, run_copy, OSError(28, "No space left on device"), tmp_path / "rescue")
     before = _snapshot(run_copy)
     args = _train_args(corpus, run_copy, cache, "--seed", "7", "--resume")
     args[args.index("--steps") + 1] = "5"

@@ -17,16 +17,6 @@ from mdlm_course.tokenizer import BPETokenizer
 TEXT = DEFAULT_CORPUS.read_text(encoding="utf-8")[:40_000]
 
 
-@pytest.fixture(scope="module")
-def byte_tok():
-    return BPETokenizer([])   # byte-level: id = byte value, mask_id = 256
-
-
-@pytest.fixture(scope="module")
-def data(byte_tok):
-    return TokenData.from_text(TEXT, byte_tok, cache_dir=None)
-
-
 def _error(path, **kwargs) -> str:
     with pytest.raises(DataError) as info:
         load_text(path, **kwargs)

@@ -26,16 +26,6 @@ from mdlm_course.train import TrainConfig, train
 TEXT = DEFAULT_CORPUS.read_text(encoding="utf-8")[:40_000]
 
 
-@pytest.fixture(scope="module")
-def byte_tok():
-    return BPETokenizer([])   # byte-level: id = byte value, mask_id = 256
-
-
-@pytest.fixture(scope="module")
-def data(byte_tok):
-    return TokenData.from_text(TEXT, byte_tok, cache_dir=None)
-
-
 def tiny(causal: bool, seed: int = 0) -> MDLM:
     torch.manual_seed(seed)
     return MDLM(ModelConfig(vocab_size=257, seq_len=32, n_layer=1, n_head=2, d_model=32, causal=causal))

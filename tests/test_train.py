@@ -38,16 +38,6 @@ def tiny_cfg(**kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-@pytest.fixture(scope="module")
-def byte_tok():
-    return BPETokenizer([])   # byte-level: id = byte value, mask_id = 256
-
-
-@pytest.fixture(scope="module")
-def data(byte_tok):
-    return TokenData.from_text(TEXT, byte_tok, cache_dir=None)
-
-
 def params(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
