@@ -1,6 +1,7 @@
 """Settings read from the environment (in this one place), and the helper behind every named preset.
 
     QUICK          MDLM_COURSE_QUICK=1: tiny configs and few steps, so that CI runs every notebook in minutes
+    debug_checks() MDLM_COURSE_DEBUG=1: MDLM.forward checks that every id is in [0, vocab_size)
     COURSE_HOME    where the corpus (data/), its cache (data/cache/) and the shipped checkpoints
                    (checkpoints/) live, in this order:
                      1. $MDLM_COURSE_HOME;
@@ -26,6 +27,11 @@ from .diffusion import get_schedule
 from .errors import MdlmError
 
 QUICK = os.environ.get("MDLM_COURSE_QUICK", "") not in ("", "0")
+
+
+def debug_checks() -> bool:
+    """MDLM_COURSE_DEBUG=1: models check their input ids on every call (read when a model is built)."""
+    return os.environ.get("MDLM_COURSE_DEBUG", "") not in ("", "0")
 
 
 def _course_home() -> Path:

@@ -139,8 +139,8 @@ def likelihood_report(model, val_ids: torch.Tensor, *, tokenizer, objective: str
     nats = torch.tensor([r[key] for r in runs], dtype=torch.float64)
     bpb = torch.tensor([r["val_bpb"] for r in runs], dtype=torch.float64)
     x0 = fixed_windows(val_ids, L, windows)
-    prior = float(sum(prior_term(model, x0[i:i + batch_size], mask_id=mask_id, schedule=schedule) * len(x0[i:i + batch_size])
-                      for i in range(0, len(x0), batch_size)) / len(x0))
+    prior = sum(float(prior_term(model, batch, mask_id=mask_id, schedule=schedule)) * len(batch)
+                for batch in x0.split(batch_size)) / len(x0)                  # the mean over all windows
     stderr = float(nats.std() / math.sqrt(passes)) if passes > 1 else float("nan")
     return {key: float(nats.mean()), "val_bpb": float(bpb.mean()), "stderr": stderr,
             "stderr_bpb": float(bpb.std() / math.sqrt(passes)) if passes > 1 else float("nan"),

@@ -27,13 +27,12 @@ Symbols: B samples, L positions (seq_len), V vocabulary size, d = d_model, H hea
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import PRESETS, ModelConfig  # noqa: F401  (re-exported: model.ModelConfig)
+from .config import PRESETS, ModelConfig, debug_checks  # noqa: F401  (re-exported: model.ModelConfig)
 from .errors import MdlmError
 
 
@@ -188,7 +187,7 @@ class MDLM(nn.Module):
             self.head.weight = self.tok_emb.weight
         # forward() checks that every id is in [0, vocab_size) when this is True. Off by default: the check
         # reads xt's min and max back from the GPU, a sync per call. MDLM_COURSE_DEBUG=1 turns it on.
-        self.check_inputs = os.environ.get("MDLM_COURSE_DEBUG", "") not in ("", "0")
+        self.check_inputs = debug_checks()
 
     @staticmethod
     def _init_weights(module):
