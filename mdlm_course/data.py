@@ -84,6 +84,16 @@ def check_long_enough(n_tokens: int, seq_len: int, what: str = "text") -> None:
         )
 
 
+def check_splits(data, seq_len: int, vocab_size: int, mask_id: int) -> None:
+    """Raise DataError unless both splits fill a window and hold only ids in [0, vocab_size) other than mask_id."""
+    check_long_enough(len(data.train_ids), seq_len, "the training split")
+    check_long_enough(len(data.val_ids), seq_len, "the validation split")
+    for name, ids in (("training", data.train_ids), ("validation", data.val_ids)):
+        if int(ids.max()) >= vocab_size or int(ids.min()) < 0 or (ids == mask_id).any():
+            raise DataError(f"the {name} split holds token id {int(ids.max())} >= vocab_size={vocab_size}, a "
+                            f"negative id, or the mask id {mask_id}; encode it with the model's tokenizer")
+
+
 # ---------------------------------------------------------------------------------------------
 # Token streams and windows (added for training, chapter 5)
 #

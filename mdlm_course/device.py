@@ -4,6 +4,8 @@
     autocast_dtype(dev)   -> bfloat16 on CUDA with bf16 support, float16 on older CUDA (needs a
                              GradScaler), None (plain float32) elsewhere unless asked for
     autocast(dev, dtype)  -> torch.autocast(...) or nullcontext() when dtype is None
+    faster_cpu_dtype(step) -> None or bfloat16, whichever runs `step` faster here, measured (dtype="auto"
+                             on a CPU with bf16 units: bf16 wins for the cpu preset, loses for tiny ones)
     peak_flops(dev)       -> the card's dense bf16 peak FLOP/s (for MFU), None when unknown
     setup_distributed()   -> (rank, world_size, device, initialised_here): one process per device under
                              torchrun (nccl on GPUs, gloo on CPUs), else (0, 1, get_device(), False)
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from contextlib import nullcontext
 from typing import Callable, TypeVar
 
@@ -77,7 +80,8 @@ def cpu_has_fast_bf16() -> bool:
 def autocast_dtype(device: torch.device | str, dtype: str = "auto") -> torch.dtype | None:
     """The autocast dtype for `device`: "auto", "bf16", "fp16" or "fp32" (None = no autocast).
 
-    auto: CUDA -> bf16 if supported else fp16; CPU -> bf16 only with fast bf16 hardware; else fp32.
+    auto: CUDA -> bf16 if supported else fp16; CPU -> bf16 only with fast bf16 hardware (train() then
+    measures whether it is really faster for the model in hand: faster_cpu_dtype); else fp32.
     """
     device = torch.device(device)
     if dtype == "fp32":
@@ -93,6 +97,43 @@ def autocast_dtype(device: torch.device | str, dtype: str = "auto") -> torch.dty
     if device.type == "cpu" and cpu_has_fast_bf16():
         return torch.bfloat16
     return None
+
+
+# dtype="auto" on a CPU keeps bf16 only if it is at least this much faster than float32 (noise margin)
+BF16_MIN_GAIN = 1.10
+
+
+_MEASURED: dict[tuple, torch.dtype | None] = {}   # faster_cpu_dtype's answers, by key, for this process
+
+
+def faster_cpu_dtype(step: Callable[[torch.dtype | None], object], key: tuple | None = None, budget_s: float = 0.5,
+                     rounds: tuple[int, int] = (2, 20)) -> tuple[torch.dtype | None, dict]:
+    """Time step(None) (float32) and step(torch.bfloat16) (bf16 autocast); return the faster dtype and the
+    times ({} when `key`, with the thread count, was measured before in this process: the same answer again,
+    so that two runs of one shape in one process use one precision).
+
+    Two untimed calls of each first (one-off costs), then alternating timed calls: at least rounds[0], more
+    while under budget_s (cheap steps get many), at most rounds[1]. The best time of each counts, the one
+    least disturbed by other load. bf16 must beat float32 by BF16_MIN_GAIN, so that noise never picks a
+    configuration slower than plain float32.
+    """
+    key = None if key is None else (*key, torch.get_num_threads())
+    if key in _MEASURED:
+        return _MEASURED[key], {}
+    best = {None: float("inf"), torch.bfloat16: float("inf")}
+    for dtype in (None, torch.bfloat16, None, torch.bfloat16):      # warm up the allocator and the caches
+        step(dtype)
+    start, done = time.perf_counter(), 0
+    while done < rounds[0] or (done < rounds[1] and time.perf_counter() - start < budget_s):
+        for dtype in ((None, torch.bfloat16) if done % 2 == 0 else (torch.bfloat16, None)):   # alternate the order
+            t0 = time.perf_counter()
+            step(dtype)
+            best[dtype] = min(best[dtype], time.perf_counter() - t0)
+        done += 1
+    chosen = torch.bfloat16 if best[None] > BF16_MIN_GAIN * best[torch.bfloat16] else None
+    if key is not None:
+        _MEASURED[key] = chosen
+    return chosen, {"fp32": best[None], "bf16": best[torch.bfloat16]}
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype | None):

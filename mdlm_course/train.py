@@ -1,32 +1,25 @@
 """Training: minimise the NELBO with AdamW, in mixed precision, on one device or many.
 
-The objective (chapter 4, mdlm_course/diffusion.py), estimated on each batch of B windows x_0 of L tokens:
-    loss = 1/(B L) sum_b  w(t_b) sum_{i: x_t^i = MASK} -log p_theta(x_0^i | x_t)        t_b stratified in [0, 1]
-One optimizer step: G micro-batches (grad_accum) of B sequences (batch_size) each, on each of P processes
-under DDP, so B L G P tokens per step:
+The objective (chapter 4, diffusion.py) on each batch of B windows x_0 of L tokens, t_b stratified in [0, 1]:
+    loss = 1/(B L) sum_b  w(t_b) sum_{i: x_t^i = MASK} -log p_theta(x_0^i | x_t)
+One optimizer step: G micro-batches (grad_accum) of B windows on each of P processes (DDP), B L G P tokens:
     g        = 1/G sum_{k=1..G} grad loss_k            (DDP also averages g over the P processes)
     g       <- g * min(1, clip / ||g||)                 global-norm clipping
     theta   <- AdamW(theta, g, lr(step))                no weight decay on norms, embeddings and biases
     lr(s)    = lr_max (s + 1) / warmup                                             s <  warmup
              = lr_min + (lr_max - lr_min) (1 + cos(pi (s - warmup) / (S - warmup))) / 2     s >= warmup
     ema     <- d ema + (1 - d) theta,  d = min(ema_decay, (1 + s) / (10 + s))    (optional)
-Model FLOPs per token (forward + backward) ~ 6 N + 12 n_layer L d_model,
-N = the weights of the per-token matrix multiplications; MFU = FLOPs/token * tokens/s / peak FLOPs/s
-(model.flops_per_token, device.peak_flops).
+MFU = FLOPs/token * tokens/s / peak FLOP/s, FLOPs/token ~ 6 N + 12 n_layer L d_model (model.flops_per_token).
 
-The loop, step by step: _start (check everything, then restore a checkpoint or start afresh),
-_optimizer_step (micro-batches under autocast, the fp16 scaler, clipping, AdamW, EMA), _Logger (reads
-the losses every log_interval steps: one GPU sync, not one per step), _evaluate_and_save.
+The loop: _start (check everything, then restore a checkpoint or start afresh), _optimizer_step
+(micro-batches under autocast, the fp16 scaler, clipping, AdamW, EMA), _Logger (reads the losses every
+log_interval steps: one GPU sync, not one per step), _evaluate_and_save (evaluate.py: fixed windows,
+times and masks). objective="ar" trains the AR twin (ar.py) with the same loop; init_from starts from
+another run's weights (chapter 8's warm start) with a fresh optimizer.
 
-Validation (evaluate.py) is deterministic: fixed windows, fixed times, fixed masks.
-
-objective="ar" trains the AR twin instead (ar.py): a causal model of the same shape on next-token
-cross-entropy, with the same loop, data, optimizer and schedule. init_from starts from the weights of
-another run's checkpoint (an AR twin's, say: chapter 8's warm start), with a fresh optimizer.
-
-Precision (mdlm_course/device.py): bf16 autocast on CUDA when supported, else fp16 with a GradScaler;
-float32 on CPUs without bf16 matrix units. Only the model's forward runs under autocast; the log-softmax,
-the loss and the optimizer are float32.
+Precision (device.py): bf16 autocast on CUDA when supported, else fp16 with a GradScaler; on a CPU, bf16
+only where it measures faster than float32. Only the forward runs under autocast; the log-softmax, the
+loss and the optimizer are float32.
 """
 from __future__ import annotations
 
@@ -34,7 +27,7 @@ import copy
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -46,58 +39,18 @@ from .ar import ar_loss
 from .checkpoint import (check_resumable, check_writable, init_weights, list_checkpoints, load_checkpoint,
                          load_model_state, save_checkpoint_safely)
 from .config import TrainConfig, check_number
-from .data import DataError, TokenData, check_long_enough, get_batch
-from .device import all_average, autocast, autocast_dtype, peak_flops, setup_distributed
+from .data import TokenData, check_splits, get_batch
+from .device import all_average, autocast, autocast_dtype, faster_cpu_dtype, peak_flops, setup_distributed
 from .diffusion import get_schedule, masked_nll, nelbo
 from .errors import MdlmError
 from .evaluate import METRIC, evaluate, make_val_set
 from .model import flops_per_token, unwrap
+from .optim import lr_at, make_optimizer, param_groups  # noqa: F401  (param_groups: re-exported)
 
 
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN or inf. The message names the step and the last good checkpoint."""
 
-
-# ---------------------------------------------------------------------------------------------
-# Learning rate and optimizer (the batches: data.get_batch)
-# ---------------------------------------------------------------------------------------------
-
-def lr_at(step: int, config: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to min_lr at max_steps.  lr_at(0, cfg) = lr / warmup_steps"""
-    c = config
-    if step < c.warmup_steps:
-        return c.lr * (step + 1) / c.warmup_steps
-    if step >= c.max_steps:
-        return c.min_lr
-    progress = (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps)   # 0 -> 1
-    return c.min_lr + 0.5 * (c.lr - c.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: matrices decay; 1-D tensors (norm gains, biases) and embeddings do not.
-
-    Decay pulls a weight towards 0. For a norm gain (initialised at 1) that fights the model; for an
-    embedding row it shrinks rare tokens that get few gradient updates. Tied weights appear once.
-    """
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay = [], []
-    for p in model.parameters():   # parameters() yields a shared (tied) Parameter once
-        if not p.requires_grad:
-            continue
-        (no_decay if p.dim() < 2 or id(p) in embeddings else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over param_groups(); the fused kernel (one launch for all tensors) on CUDA and CPU."""
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr,
-                             betas=(config.beta1, config.beta2), fused=fused)
-
-
-# ---------------------------------------------------------------------------------------------
-# The training loop
-# ---------------------------------------------------------------------------------------------
 
 @dataclass
 class TrainResult:
@@ -174,14 +127,7 @@ def _check_inputs(raw, cfg, data, tokenizer, mask_id, out_dir, resume, stop_at) 
             raise MdlmError(f"{out_dir} already holds checkpoints (latest: {list_checkpoints(out_dir)[-1].name}); "
                              "pass resume=True (--resume) to continue that run, or choose another out_dir")
         check_writable(out_dir)
-    L = raw.config.seq_len
-    check_long_enough(len(data.train_ids), L, "the training split")
-    check_long_enough(len(data.val_ids), L, "the validation split")
-    for name, ids in (("training", data.train_ids), ("validation", data.val_ids)):
-        if int(ids.max()) >= raw.config.vocab_size or int(ids.min()) < 0 or (ids == mask_id).any():
-            raise DataError(f"the {name} split holds token id {int(ids.max())} >= vocab_size="
-                            f"{raw.config.vocab_size}, a negative id, or the mask id {mask_id}; encode it with "
-                            "the model's tokenizer")
+    check_splits(data, raw.config.seq_len, raw.config.vocab_size, mask_id)
 
 
 def _start(model, cfg, data, tokenizer, mask_id, out_dir, resume, stop_at, rank, device, world_size,
@@ -190,10 +136,10 @@ def _start(model, cfg, data, tokenizer, mask_id, out_dir, resume, stop_at, rank,
     raw = unwrap(model)
     _check_inputs(raw, cfg, data, tokenizer, mask_id, out_dir, resume, stop_at)
     say = tqdm.write if rank == 0 and progress else (lambda *a, **k: None)
-    amp_dtype = autocast_dtype(device, cfg.dtype)                   # bf16, fp16 or None (= fp32)
+    raw.to(device).train()
+    amp_dtype = _choose_dtype(raw, cfg, data, mask_id, device, say)   # bf16, fp16 or None (= fp32)
     scaler = torch.amp.GradScaler(device.type, init_scale=cfg.fp16_init_scale, enabled=amp_dtype == torch.float16)
     torch.manual_seed(cfg.seed + rank)                              # the noise (t, masks) differs per process
-    raw.to(device).train()
     optimizer = make_optimizer(raw, cfg, device)
     ema_model = copy.deepcopy(raw).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
     step, history = 0, new_history(cfg.objective)
@@ -226,6 +172,27 @@ def _start(model, cfg, data, tokenizer, mask_id, out_dir, resume, stop_at, rank,
         fwd = nn.parallel.DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda" else None)
     return _Run(raw, fwd, optimizer, scaler, ema_model, amp_dtype,
                 _loss_fn(fwd, cfg, mask_id, device, amp_dtype), step, history)
+
+
+def _choose_dtype(raw, cfg, data, mask_id, device, say) -> torch.dtype | None:
+    """device.autocast_dtype, except that "auto" on a CPU with bf16 units keeps bf16 only where a measured
+    forward + backward of this model and batch runs faster than in float32 (device.faster_cpu_dtype)."""
+    amp_dtype = autocast_dtype(device, cfg.dtype)
+    if cfg.dtype != "auto" or device.type != "cpu" or amp_dtype is None:
+        return amp_dtype
+    x0 = get_batch(data, cfg, raw.config.seq_len, 0).to(device)       # (B, L)
+    eager = replace(cfg, compile=False)
+
+    def step(dtype):                                                # one forward + backward, weights untouched
+        _loss_fn(raw, eager, mask_id, device, dtype)(x0).backward()
+        raw.zero_grad(set_to_none=True)
+
+    with torch.random.fork_rng(devices=[]):                         # the run's noise stays as it was
+        amp_dtype, times = faster_cpu_dtype(step, key=(repr(raw.config), cfg.batch_size, cfg.objective))
+    if times:
+        say(f"dtype auto: a training step takes {1e3 * times['fp32']:.0f} ms in float32, {1e3 * times['bf16']:.0f} "
+            f"ms under bf16 autocast here -> {'bf16' if amp_dtype is not None else 'float32'}")
+    return amp_dtype
 
 
 def _loss_fn(fwd, cfg, mask_id, device, amp_dtype):
