@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-STEPS=${STEPS:-2200}
+STEPS=${STEPS:-4000}
 STEPS_AR_INIT=${STEPS_AR_INIT:-1000}
 RUNS=${RUNS:-runs}
 TOK=checkpoints/tokenizer_shakespeare_4096.json
