@@ -18,7 +18,7 @@ STAMP         := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-core.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "mdlm-course needs Python 3.10+"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# 1) torch. Order: an explicit TORCH_INDEX; a wheel already on local disk (no network);
@@ -32,7 +32,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	fi
 	@# 2) torch's own dependencies (or PyPI's torch, if nothing above applied), then the package.
 	$(BIN)/pip install -q "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -r requirements.txt -e ".[dev]"
 	@touch $@
 
 demo: $(STAMP)
@@ -46,7 +46,6 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 lab: $(STAMP)
-	$(BIN)/pip install -q jupyterlab
 	$(BIN)/python -m ipykernel install --user --name mdlm-course --display-name "mdlm-course (.venv)"
 	cd notebooks && ../$(BIN)/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow   # pip and subprocesses
 def test_plain_install_loads_a_checkpoint_by_path_outside_the_clone(tmp_path):
     src, site = tmp_path / "src", tmp_path / "site"           # build from a copy: pip writes build/ next to it
     shutil.copytree(ROOT / "mdlm_course", src / "mdlm_course", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "requirements.txt", "requirements-dev.txt", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "requirements-core.txt", "requirements-dev.txt", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
                     str(site), str(src)], check=True, cwd=tmp_path, capture_output=True)
