@@ -20,7 +20,8 @@ diffusion.nelbo with clipping at 1.0) so that one loop serves the variants that 
   output shift       DiffuLLaMA's: the logits at position i are read from position i - 1, as in the AR twin
                      that the weights come from (position 0 keeps its own)
   heads 2 / 8        head width 96 / 24 instead of 48 (4 heads), with their own AR stage
-  seed 2             the baseline again with another seed: the noise of this comparison
+  seed 2, seed 3     the baseline again with other seeds for stage 2 (its batches, masks, times, dropout): the
+                     noise of this comparison; the output shift is repeated with the same seeds
 Figures: validation NELBO in bits per byte (64 windows x 2 times, fixed masks; evaluate.py), and the masked
 cross-entropy at t = 0.05 (evaluate.masked_ce_by_t: how much the model uses a 95%-visible context).
 """
@@ -55,6 +56,9 @@ VARIANTS = {   # name: (changes to the model, changes to stage 2's TrainConfig, 
     "heads 2 (width 96)": ({"n_head": 2}, {}, {}),
     "heads 8 (width 24)": ({"n_head": 8}, {}, {}),
     "seed 2": ({}, {"seed": 2}, {}),
+    "output shift, seed 2": ({}, {"seed": 2}, {"shift": True}),
+    "seed 3": ({}, {"seed": 3}, {}),
+    "output shift, seed 3": ({}, {"seed": 3}, {"shift": True}),
     "from scratch": ({}, {}, {"scratch": True}),
 }
 

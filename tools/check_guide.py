@@ -66,6 +66,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("02", "100,000"): "the settings of tests/test_diffusion.py::test_q_step_composes_to_q_sample",
     ("02", "0.8"): "as above",
     ("05", "0.9999"): "the gpu preset's ema_decay (mdlm_course/config.py)",
+    ("07", "2.6"): "a version number: classic pygame 2.6 (requirements-core.txt)",
 }
 
 CHAPTER = re.compile(r"## (\d+)\. ")
