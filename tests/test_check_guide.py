@@ -165,8 +165,6 @@ def test_the_repository_guide_quotes_numbers_from_existing_notebooks():
     assert check_guide.unused_allowances(results) == []
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15: chapter 6's sampler table and a pygame version in chapter 7 "
-                                        "are not in notebooks 06 and 07 (chapters 6-8 are being rewritten)")
 def test_every_number_the_guide_quotes_is_in_its_notebook():
     missing = [check_guide.missing_line("learning_guide.md", r) for r in check_guide.check() if r.found is None]
     assert not missing, "\n".join(missing)
