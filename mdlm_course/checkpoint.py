@@ -657,7 +657,8 @@ def export_for_shipping(src: str | Path, dst: str | Path, *, which: str = "best"
 
 def check_resumable(ck: "Checkpoint", model: torch.nn.Module, config: TrainConfig, tokenizer) -> None:
     """One-line CheckpointErrors when the run being resumed is not the one in the checkpoint."""
-    saved, now = ck.meta["model_config"], unwrap(model).config.to_dict()
+    defaults = {f.name: f.default for f in fields(ModelConfig)}   # a field added since the save: its default
+    saved, now = {**defaults, **ck.meta["model_config"]}, unwrap(model).config.to_dict()
     _refuse_differences(ck.path, "model config", saved, now, set(saved) | set(now),
                         "use the same model settings or a new output directory")
     saved_t, now_t = asdict(TrainConfig.from_dict(ck.meta.get("train_config") or {})), config.to_dict()

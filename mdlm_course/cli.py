@@ -85,7 +85,8 @@ def cmd_train(args) -> int:
                                    ("compile", args.compile)) if v is not None}
     result = train_on_text(args.data, preset=args.preset, out=args.out, train_overrides=overrides,
                            tokenizer_path=args.tokenizer, vocab_size=args.vocab_size,
-                           cache_dir=args.cache_dir or CACHE_DIR, resume=args.resume, stop_at=args.stop_at)
+                           cache_dir=args.cache_dir or CACHE_DIR, resume=args.resume, stop_at=args.stop_at,
+                           output_shift=args.output_shift)
     if result.val is not None:
         key = next(k for k in ("val_nelbo", "val_nll") if k in result.val)
         print(f"done: step {result.step}, {key} {result.val[key]:.4f} nats/token, "
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "continue later with --resume")
     p.add_argument("--objective", choices=["mdlm", "ar"], help="mdlm (default) or ar: the autoregressive twin")
     p.add_argument("--init-from", help="start from the weights of this checkpoint or run (e.g. an AR twin's)")
+    p.add_argument("--output-shift", action="store_true",
+                   help="MDLM: read position i's logits from position i - 1 (DiffuLLaMA; for a warm start)")
     p.add_argument("--tokenizer", help="a tokenizer .json; default: train one (cached in --cache-dir)")
     p.add_argument("--vocab-size", type=int, help="vocabulary of a newly trained tokenizer (default: the preset's)")
     p.add_argument("--cache-dir", help="where encoded ids and tokenizers are cached (default data/cache)")

@@ -105,6 +105,7 @@ class ModelConfig(_Config):
     tie_embeddings: bool = False    # share the output head with the token embedding
     time_conditioning: bool = False  # adaLN from a sinusoidal embedding of t (an ablation)
     causal: bool = False            # True: autoregressive mask (the AR twin); False: bidirectional
+    output_shift: bool = False      # logits of position i from position i - 1 (DiffuLLaMA; for warm starts)
     rope_base: float = 10000.0      # RoPE base: the slowest pair turns once per ~2*pi*base tokens
     cond_dim: int = 128             # width of the time embedding (only with time_conditioning)
     norm_eps: float = 1e-6          # RMSNorm epsilon
@@ -114,9 +115,12 @@ class ModelConfig(_Config):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MdlmError(f"ModelConfig.{name} must be a positive int, got {value!r}")
-        for name in ("tie_embeddings", "time_conditioning", "causal"):
+        for name in ("tie_embeddings", "time_conditioning", "causal", "output_shift"):
             if not isinstance(getattr(self, name), bool):
                 raise MdlmError(f"ModelConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.output_shift and self.causal:
+            raise MdlmError("output_shift=True is for a bidirectional MDLM (causal=False): a causal model "
+                             "already predicts token i + 1 at position i")
         if self.d_model % self.n_head:
             raise MdlmError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
         if (self.d_model // self.n_head) % 2:

@@ -22,6 +22,9 @@ MDLM does not need it: under absorbing diffusion the best denoiser p(x_0 | x_t) 
 (notebook 03). A time-conditioned model changes its output when t changes even if x_t does not; the
 samplers stay exact for it anyway, because they only skip the network on steps that reveal nothing and
 always call it with the current (x_t, t) (sampling.py, tests/test_sampling.py).
+Output shift (`output_shift=True`, off by default; DiffuLLaMA's): the logits for position i are read from
+the hidden state at position i - 1 (position 0 keeps its own), so an MDLM warm-started from its AR twin keeps
+the twin's alignment, where the state at i - 1 already predicts token i (chapter 8, bench/levers.py).
 Symbols: B samples, L positions (seq_len), V vocabulary size, d = d_model, H heads of d_head.
 """
 from __future__ import annotations
@@ -236,7 +239,10 @@ class MDLM(nn.Module):
         if cond is not None:
             shift, scale = self.final_modulation(cond)[:, None, :].chunk(2, dim=-1)   # (B, 1, d) each
             h = h * (1 + scale) + shift
-        return self.head(h)                                         # (B, L, V)
+        logits = self.head(h)                                       # (B, L, V)
+        if self.config.output_shift:                                # DiffuLLaMA: position i reads row i - 1
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)   # (B, L, V)
+        return logits
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters (a tied head counts once). non_embedding: leave out embedding and head."""

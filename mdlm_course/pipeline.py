@@ -32,11 +32,12 @@ from .train import TrainResult, train
 def train_on_text(data_path: str | Path | None = None, *, preset: str = "cpu", out: str | Path | None = None,
                   train_overrides: dict | None = None, tokenizer_path: str | Path | None = None,
                   vocab_size: int | None = None, cache_dir: str | Path | None = CACHE_DIR, resume: bool = False,
-                  stop_at: int | None = None, say=print) -> TrainResult:
+                  stop_at: int | None = None, output_shift: bool = False, say=print) -> TrainResult:
     """Train the preset's model on a UTF-8 text file; checkpoints go to `out` (default runs/<file>-<preset>).
 
     train_overrides: TrainConfig fields to change, e.g. {"max_steps": 500, "objective": "ar"} (a misspelt
     field is a one-line error). vocab_size: of a newly trained tokenizer (default: the preset's).
+    output_shift: ModelConfig.output_shift, the MDLM reads position i's logits from position i - 1.
     """
     cfg = TrainConfig.preset(preset, **(train_overrides or {}))
     data_path = Path(data_path or DEFAULT_CORPUS)
@@ -47,9 +48,10 @@ def train_on_text(data_path: str | Path | None = None, *, preset: str = "cpu", o
     if cache_dir is not None:
         check_writable(cache_dir)
     init = load_checkpoint(cfg.init_from, "best") if cfg.init_from else None
-    model_config = ModelConfig.preset(preset, causal=cfg.objective == "ar")
+    shape = {"causal": cfg.objective == "ar", "output_shift": output_shift}
+    model_config = ModelConfig.preset(preset, **shape)
     if init is not None:                 # the model's shape and tokenizer come from the checkpoint it starts from
-        model_config = ModelConfig(**{**init.meta["model_config"], "causal": cfg.objective == "ar"})
+        model_config = ModelConfig(**{**init.meta["model_config"], **shape})
     if vocab_size is not None:
         model_config = replace(model_config, vocab_size=vocab_size)
     rank, world_size, _, initialised_here = setup_distributed(cfg.device)

@@ -981,6 +981,7 @@ CLI_TRAIN_ERRORS = [
     ("tokenizer the corpus", ["--tokenizer", "{corpus}"], ("not a tokenizer file",)),
     ("init-from missing", ["--init-from", "{tmp}/no_run"], ("no such checkpoint",)),
     ("init-from nested meta", ["--init-from", "{bad_ckpt}"], ("not a checkpoint file",)),
+    ("output shift on the AR twin", ["--objective", "ar", "--output-shift"], ("output_shift=True", "causal")),
     ("data missing", ["--data", "{tmp}/none.txt"], ("no such file",)),
     ("data a folder", ["--data", "{tmp}"], ("is a folder",)),
     ("data binary", ["--data", "{binary}"], ("looks binary",)),

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mdlm_course.checkpoint import (CheckpointError, find_checkpoint, list_checkpoints, load_checkpoint,
-                                    load_pretrained, prune, read_meta, rng_state, save_checkpoint, set_rng_state)
+from mdlm_course.checkpoint import (CheckpointError, check_resumable, find_checkpoint, list_checkpoints,
+                                    load_checkpoint, load_pretrained, meta_sha256, prune, read_meta, rng_state,
+                                    save_checkpoint, set_rng_state)
 from mdlm_course.model import MDLM, ModelConfig, unwrap
 from mdlm_course.tokenizer import BPETokenizer
 from mdlm_course.train import TrainConfig, make_optimizer
@@ -203,3 +204,18 @@ def test_refuses_to_save_nan_weights(tmp_path):
     with pytest.raises(FloatingPointError, match="head.weight"):
         save_checkpoint(tmp_path, model=model, step=3)
     assert list_checkpoints(tmp_path) == [] and not any(tmp_path.iterdir())
+
+
+def test_a_checkpoint_saved_before_a_model_field_existed_still_resumes(tmp_path):
+    """meta.json written before ModelConfig.output_shift existed has no such key: resuming must read the
+    field's default (False), not refuse the run as a different model."""
+    model = MDLM(ModelConfig.preset("tiny", vocab_size=257))
+    path = save_checkpoint(tmp_path / "run", model=model, step=3, train_config=TrainConfig().to_dict())
+    meta = json.loads((path / "meta.json").read_text())
+    del meta["model_config"]["output_shift"]
+    meta["meta_sha256"] = meta_sha256(meta)
+    (path / "meta.json").write_text(json.dumps(meta))
+    check_resumable(load_checkpoint(path), model, TrainConfig(), None)          # no error
+    shifted = MDLM(ModelConfig.preset("tiny", vocab_size=257, output_shift=True))
+    with pytest.raises(CheckpointError, match="output_shift"):
+        check_resumable(load_checkpoint(path), shifted, TrainConfig(), None)

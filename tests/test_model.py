@@ -251,3 +251,20 @@ def test_tiny_model_learns_shakespeare_bytes():
     end = evaluate()
     assert start > 0.95 * math.log(257)                                         # at init: about ln V
     assert end < unigram_entropy - 0.15, (start, end, unigram_entropy)
+
+
+def test_output_shift_reads_each_position_from_the_one_before():
+    """DiffuLLaMA's shift: with the same weights, shifted logits at i == plain logits at i - 1 (i >= 1), and
+    position 0 keeps its own; a causal model cannot take it (it already predicts i + 1 at i)."""
+    base = dict(vocab_size=50, seq_len=16, n_layer=2, n_head=2, d_model=32)
+    torch.manual_seed(0)
+    plain = MDLM(ModelConfig(**base)).eval()
+    shifted = MDLM(ModelConfig(**base, output_shift=True)).eval()
+    shifted.load_state_dict(plain.state_dict())                     # no parameter is added
+    xt = torch.randint(0, 50, (3, 16))
+    a, b = plain(xt), shifted(xt)                                   # (3, 16, 50) each
+    torch.testing.assert_close(b[:, 1:], a[:, :-1], rtol=0, atol=0)
+    torch.testing.assert_close(b[:, 0], a[:, 0], rtol=0, atol=0)
+    assert not torch.equal(a, b)
+    with pytest.raises(ValueError, match="output_shift=True is for a bidirectional MDLM"):
+        ModelConfig(**base, causal=True, output_shift=True)
