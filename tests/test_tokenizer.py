@@ -362,12 +362,18 @@ def test_shipped_tokenizer_encodes_the_corpus_as_before(corpus):
 
 
 def test_resaved_tokenizer_names_the_capped_pattern(tmp_path):
-    tok = BPETokenizer.load(SHIPPED_TOKENIZER)
-    assert json.loads(SHIPPED_TOKENIZER.read_text())["split_pattern"] == GPT4_SPLIT_PATTERN
+    """A file saved before the 64-character cap names GPT-4's pattern: it loads, encodes with the capped
+    pattern, and is re-saved under the capped pattern's name with the same merges."""
+    doc = json.loads(SHIPPED_TOKENIZER.read_text())
+    doc["split_pattern"] = GPT4_SPLIT_PATTERN                       # as the files of before the cap
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(doc))
+    tok = BPETokenizer.load(old)
     assert tok.split_pattern == SPLIT_PATTERN  # it encodes with the capped pattern
     tok.save(tmp_path / "tok.json")
     assert json.loads((tmp_path / "tok.json").read_text())["split_pattern"] == SPLIT_PATTERN
     assert BPETokenizer.load(tmp_path / "tok.json").merges == tok.merges
+    assert [list(m) for m in tok.merges] == doc["merges"]
 
 
 LONG_RUNS = {
