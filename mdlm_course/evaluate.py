@@ -219,10 +219,11 @@ def evaluate_checkpoint(path, *, data_path=None, windows: int = 64, passes: int 
                                   schedule=schedule)}
     name = "NLL" if objective == "ar" else "NELBO"
     say(f"{path}: {objective.upper()} at step {report['step']}, {report['windows']} validation windows of "
-        f"{report['seq_len']} tokens" + (f", {passes} passes" if objective == "mdlm" else ""))
-    say(f"  val {name}: {report[METRIC[objective]]:.4f} ± {report['stderr']:.4f} nats/token = "
-        f"{report['val_bpb']:.4f} ± {report['stderr_bpb']:.4f} bits/byte; perplexity "
-        f"{'bound ' if objective == 'mdlm' else ''}{report['ppl']:.2f}")
+        f"{report['seq_len']} tokens" + (f", {passes} pass{'es' if passes > 1 else ''}" if objective == "mdlm" else ""))
+    err, err_bpb = ((f" ± {report['stderr']:.4f}", f" ± {report['stderr_bpb']:.4f}") if math.isfinite(report["stderr"])
+                    else ("", " (one pass: no standard error; use --passes 2 or more)"))
+    say(f"  val {name}: {report[METRIC[objective]]:.4f}{err} nats/token = {report['val_bpb']:.4f}{err_bpb} bits/byte; "
+        f"perplexity {'bound ' if objective == 'mdlm' else ''}{report['ppl']:.2f}")
     if objective == "mdlm":
         say(f"  prior term left out of the NELBO: {report['prior']:.5f} nats/token (bound with it: perplexity "
             f"<= {report['ppl_with_prior']:.2f})")

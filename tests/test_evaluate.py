@@ -139,6 +139,9 @@ def test_eval_prints_each_figure_for_either_objective(tmp_path, capsys):
     assert "AR at step 4" in out and "val NLL" in out and "NELBO" not in out and "bits/byte" in out
     meta = load_checkpoint(tmp_path / "mdlm").meta
     assert meta["train_config"]["init_from"] == str(tmp_path / "ar") and meta["model_config"]["causal"] is False
+    assert main(["eval", "--checkpoint", str(tmp_path / "mdlm"), "--passes", "1", *common[:4]]) == 0
+    out = capsys.readouterr().out
+    assert ", 1 pass\n" in out and "no standard error" in out and "nan" not in out
 
 
 @pytest.mark.slow
