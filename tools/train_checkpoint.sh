@@ -13,6 +13,7 @@ PY=${PY:-.venv/bin/python}
 STEPS=${STEPS:-4000}
 STEPS_AR_INIT=${STEPS_AR_INIT:-1000}
 RUNS=${RUNS:-runs}
+MDLM_FLAGS=${MDLM_FLAGS:-}     # extra options for the MDLM stage, e.g. MDLM_FLAGS=--output-shift (bench/RESULTS.md)
 TOK=checkpoints/tokenizer_shakespeare_4096.json
 common=(--preset cpu --tokenizer "$TOK" --resume)
 
@@ -22,7 +23,8 @@ init="$RUNS/shakespeare-ar-init"
 if [ ! -d "$init" ]; then
     cp -r "$RUNS/shakespeare-ar/step-$(printf %06d "$STEPS_AR_INIT")" "$init.tmp" && mv "$init.tmp" "$init"
 fi
-$PY -m mdlm_course train "${common[@]}" --init-from "$init" --steps $((STEPS - STEPS_AR_INIT)) \
+# shellcheck disable=SC2086  (MDLM_FLAGS is a list of options)
+$PY -m mdlm_course train "${common[@]}" --init-from "$init" --steps $((STEPS - STEPS_AR_INIT)) $MDLM_FLAGS \
     --out "$RUNS/shakespeare-mdlm"
 export_best() {   # weights, tokenizer, configs and history, without the optimizer state: what ships
     rm -rf "checkpoints/$1.new" && $PY -c "import sys; from mdlm_course.checkpoint import export_for_shipping as e
