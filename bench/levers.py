@@ -17,7 +17,8 @@ diffusion.nelbo with clipping at 1.0) so that one loop serves the variants that 
   low-t curriculum   the first half of stage 2 draws t in (0, 0.3] only (few masks, much context), then (0, 1]
   time conditioning  adaLN from t (ModelConfig.time_conditioning; its layers start at zero, so step 0 is the
                      AR twin's function)
-  output shift       DiffuLLaMA's: the logits at position i are read from position i - 1, as in the AR twin
+  output shift       ModelConfig.output_shift (DiffuLLaMA's): the logits at position i are read from
+                     position i - 1, as in the AR twin
                      that the weights come from (position 0 keeps its own)
   heads 2 / 8        head width 96 / 24 instead of 48 (4 heads), with their own AR stage
   seed 2, seed 3     the baseline again with other seeds for stage 2 (its batches, masks, times, dropout): the
@@ -52,27 +53,15 @@ VARIANTS = {   # name: (changes to the model, changes to stage 2's TrainConfig, 
     "no warm-up": ({}, {"warmup_steps": 0}, {}),
     "low-t curriculum": ({}, {}, {"curriculum": 0.3}),
     "time conditioning": ({"time_conditioning": True}, {}, {}),
-    "output shift": ({}, {}, {"shift": True}),
+    "output shift": ({"output_shift": True}, {}, {}),
     "heads 2 (width 96)": ({"n_head": 2}, {}, {}),
     "heads 8 (width 24)": ({"n_head": 8}, {}, {}),
     "seed 2": ({}, {"seed": 2}, {}),
-    "output shift, seed 2": ({}, {"seed": 2}, {"shift": True}),
+    "output shift, seed 2": ({"output_shift": True}, {"seed": 2}, {}),
     "seed 3": ({}, {"seed": 3}, {}),
-    "output shift, seed 3": ({}, {"seed": 3}, {"shift": True}),
+    "output shift, seed 3": ({"output_shift": True}, {"seed": 3}, {}),
     "from scratch": ({}, {}, {"scratch": True}),
 }
-
-
-class Shifted(nn.Module):
-    """DiffuLLaMA's output shift: the logits at position i come from position i - 1 (position 0: its own)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model, self.config = model, model.config
-
-    def forward(self, xt, t=None):
-        logits = self.model(xt, t)                                          # (B, L, V)
-        return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)           # (B, L, V)
 
 
 def ar_stage(mc: ModelConfig, cfg: TrainConfig, data, tok) -> dict:
@@ -130,14 +119,13 @@ def main() -> None:
             steps += args.ar_steps
         else:
             if mc.n_head not in ar_weights:
-                ar_weights[mc.n_head] = ar_stage(replace(mc, time_conditioning=False),
+                ar_weights[mc.n_head] = ar_stage(replace(mc, time_conditioning=False, output_shift=False),
                                                  replace(cfg, max_steps=args.ar_steps), data, tok)
             missing, unexpected = model.load_state_dict(ar_weights[mc.n_head], strict=False)
             assert not unexpected and all(("time" in k or "modulation" in k) for k in missing), missing
-        net = Shifted(model) if extra.get("shift") else model
-        mdlm_stage(net, replace(cfg, max_steps=steps, **cfg_kw), data, tok.mask_id, extra.get("curriculum"))
-        bpb = evaluate(net, val, tok.mask_id, batch_size=32, device="cpu")["val_bpb"]
-        ce = masked_ce_by_t(net, data.val_ids, mask_id=tok.mask_id, seq_len=mc.seq_len, ts=[0.05], windows=32)[0]
+        mdlm_stage(model, replace(cfg, max_steps=steps, **cfg_kw), data, tok.mask_id, extra.get("curriculum"))
+        bpb = evaluate(model, val, tok.mask_id, batch_size=32, device="cpu")["val_bpb"]
+        ce = masked_ce_by_t(model, data.val_ids, mask_id=tok.mask_id, seq_len=mc.seq_len, ts=[0.05], windows=32)[0]
         print(f"{name:<22} {bpb:>13.3f} {ce:>10.2f} {time.perf_counter() - t0:>8.0f}", flush=True)
 
 

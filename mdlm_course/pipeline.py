@@ -84,14 +84,16 @@ def choose_preset(device: torch.device | str | None = None) -> tuple[str, str]:
 
     CUDA: the "gpu" preset (40M parameters, 512-token windows), bf16 autocast (fp16 + GradScaler on cards
     without bf16), compiled. A CPU or MPS: the "cpu" preset (4.3M parameters, the shipped checkpoint's
-    shape), bf16 only on CPUs with bf16 matrix units (else float32: emulated bf16 is ~25x slower), eager.
+    shape), bf16 only on CPUs with bf16 matrix units and only where train() measures it faster (else
+    float32: emulated bf16 is ~25x slower), eager.
     """
     device = get_device(None if device is None else str(device))
     if device.type == "cuda":
         dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16 with a GradScaler"
         return "gpu", (f"CUDA ({torch.cuda.get_device_name(device)}): the 40M-parameter gpu preset, {dtype}, "
                        "torch.compile (about 2.4x faster steps after a minute of compiling)")
-    precision = "bf16" if autocast_dtype(device) is not None else "float32"
+    precision = "bf16 where a measured step is faster, else float32" if autocast_dtype(device) is not None \
+        else "float32"                                              # train() measures (device.faster_cpu_dtype)
     return "cpu", (f"{device.type}: the 4.3M-parameter cpu preset (the shipped checkpoint's shape), {precision}, "
                    "no compile (on small CPU models it does not reliably pay for itself)")
 
