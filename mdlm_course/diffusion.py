@@ -35,7 +35,7 @@ position, as the MDLM paper reports it. It is therefore an upper bound on the NL
 term, which is O(eps): eps times the cross-entropy of the model's all-MASK prediction, at most
 eps ln(V - 1) per token for a model no worse than a uniform guess, about 0.008 nats at V = 4096
 (evaluate.py reports its size). On the toy the exact diffusion term is 0.41819 nats/token, *below* the true NLL
-0.41886; adding the prior term closes the gap to 3e-7 (tests/test_diffusion.py).
+0.41886; adding the prior term closes the gap to 3e-7, O(eps^2) (tests/test_math_claims.py).
 
 Discrete time with T steps, t(k) = k/T, s = (k-1)/T (discrete_elbo): the diffusion term becomes a sum of
 T KL terms, k = 1..T, each the KL between q(x_s | x_t, x_0) and the model's reverse step, with the

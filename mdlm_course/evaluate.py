@@ -15,8 +15,9 @@ Bits per byte do not depend on the tokenizer, so they compare any two models of 
 
 The full evaluation (`python -m mdlm_course eval`, evaluate_checkpoint) repeats the MDLM's estimate over
 P passes, pass p at the shifted grid t_r = (r + (p + 0.5) / P) / (n k) with its own masks, and reports
-the mean, its standard error over the passes, the perplexity bound exp(NELBO), and the prior term that
-the NELBO leaves out (diffusion.prior_term; about alpha_1 = 1e-3 times a cross-entropy).
+the mean, its standard error over the passes, exp(NELBO), and the prior term that the NELBO leaves out
+(diffusion.prior_term; about alpha_1 = 1e-3 times a cross-entropy). Nats per token and bits per byte are
+the NELBO alone, as the MDLM paper reports them; the bound on the perplexity is exp(NELBO + prior).
 
 Sample quality (sample_quality), for generated text against the data:
     unigram entropy      of each sample's token counts, averaged; the same for windows of the data
@@ -223,10 +224,10 @@ def evaluate_checkpoint(path, *, data_path=None, windows: int = 64, passes: int 
     err, err_bpb = ((f" ± {report['stderr']:.4f}", f" ± {report['stderr_bpb']:.4f}") if math.isfinite(report["stderr"])
                     else ("", " (one pass: no standard error; use --passes 2 or more)"))
     say(f"  val {name}: {report[METRIC[objective]]:.4f}{err} nats/token = {report['val_bpb']:.4f}{err_bpb} bits/byte; "
-        f"perplexity {'bound ' if objective == 'mdlm' else ''}{report['ppl']:.2f}")
+        f"{'exp(NELBO)' if objective == 'mdlm' else 'perplexity'} {report['ppl']:.2f}")
     if objective == "mdlm":
-        say(f"  prior term left out of the NELBO: {report['prior']:.5f} nats/token (bound with it: perplexity "
-            f"<= {report['ppl_with_prior']:.2f})")
+        say(f"  prior term left out of the NELBO: {report['prior']:.5f} nats/token; with it, the perplexity bound: "
+            f"perplexity <= {report['ppl_with_prior']:.2f}")
     if samples > 0:
         report["quality"] = _quality(model, tok, objective, train_text, val_ids, samples, steps, method, judge, seed)
         q = report["quality"]

@@ -22,7 +22,7 @@ baseline for the benchmark; same seed, same samples).
 
 Every categorical draw is an inverse-CDF draw in float64 (float64 probabilities, float64 cumsum,
 float64 uniforms). A float32 Gumbel / exponential race over [MASK] + V tokens cannot pick a token
-whose share of the step is below ~1e-9 (uniforms in float32 live on a 2^-24 grid), which with many
+whose share of the step is below ~3.6e-9 (uniforms in float32 live on a 2^-24 grid), which with many
 steps truncates the tail of p_theta and lowers the entropy of the samples (Zheng et al. 2024,
 "Masked diffusion models are secretly time-agnostic masked models and exploit inaccurate
 categorical sampling"); tests/test_sampling.py measures it.
@@ -48,8 +48,8 @@ Semi-autoregressive blocks (`block_length=`): the sequence is cut into blocks of
 block b is denoised completely (a full run of `method` from t = 1 to 0, with `steps` steps per block)
 before block b + 1 starts. Later blocks are kept MASKED and stay in the model's input (not cut off).
 This is an approximation, LLaDA's practice, not a sampler of the model's distribution: MDLM trains on
-independent per-position masks, so a clean prefix followed by a fully masked suffix at small t is out
-of distribution (at t = 0.1 training almost never shows 200 masked positions in a row). The MDLM paper's
+independent per-position masks, so a clean prefix followed by a fully masked suffix is out of
+distribution at any t (even at mask rate 0.5, a given run of 64 masked positions has probability 2^-64). The MDLM paper's
 own semi-autoregressive sampling is different: it generates a sequence longer than the training window
 by sliding a window over it, keeping the last part of the previous window as a clean prefix and
 sampling the rest of the window with the ordinary sampler. The time t given to the model is the

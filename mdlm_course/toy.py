@@ -4,8 +4,9 @@ All V^L sequences of length L over V tokens (default 3^4 = 81), with random, pea
 p(x) = softmax(sharpness * z), z ~ N(0, 1). The [MASK] id is V, so models see V + 1 ids.
 
     oracle(xt, t)    exact posterior marginals p(x^i = v | the visible tokens of xt): the best
-                     possible denoiser. For it the NELBO equals the exact NLL, H / L per token
-                     (the any-order chain rule; tests/test_diffusion.py, notebook 04).
+                     possible denoiser. For it the NELBO plus the prior term equals the exact
+                     NLL, H / L per token, up to O(eps^2) (the any-order chain rule;
+                     tests/test_diffusion.py, tests/test_math_claims.py, notebook 04).
     unigram(xt, t)   context-blind marginals p(x^i = v): ignores every visible token.
     exact_bound(m)   the exact expectation of nelbo / discrete_elbo for a denoiser m that ignores t,
                      by enumerating every x_0 and every mask pattern and integrating over t by
@@ -124,7 +125,7 @@ class ToyDistribution:
     def exact_prior_term(self, model, schedule: Schedule | str | None = None) -> float:
         """The exact expectation of diffusion.prior_term for x_0 ~ p, nats/token:
         alpha_1 sum_x0 p(x0) sum_i -log p_model(x0^i | all MASK) / L. For the oracle it is eps sum_i H(x^i) / L,
-        and exact_bound(oracle) + exact_prior_term(oracle) equals H / L up to O(eps^2) (tests/test_diffusion.py)."""
+        and exact_bound(oracle) + exact_prior_term(oracle) equals H / L up to O(eps^2) (tests/test_math_claims.py)."""
         alpha_1 = float(get_schedule(schedule).alpha(torch.tensor(1.0, dtype=torch.float64)))
         all_mask = torch.full((1, self.L), self.mask_id)
         log_p = forbid_mask(model(all_mask, None).double(), self.mask_id, torch.float64).log_softmax(-1)[0]  # (L, V+1)

@@ -131,7 +131,7 @@ def test_eval_prints_each_figure_for_either_objective(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "mdlm"), "--passes", "2", "--judge", str(tmp_path / "ar"),
                  *common]) == 0
     out = capsys.readouterr().out
-    for needle in ("MDLM at step 4", "val NELBO", "nats/token", "bits/byte", "perplexity bound", "prior term",
+    for needle in ("MDLM at step 4", "val NELBO", "nats/token", "bits/byte", "exp(NELBO)", "perplexity bound", "prior term",
                    "unigram entropy", "real words", "repeated 4-grams", "generative perplexity"):
         assert needle in out, (needle, out)
     assert main(["eval", "--checkpoint", str(tmp_path / "ar"), *common]) == 0
