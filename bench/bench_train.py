@@ -20,7 +20,7 @@ can do. Both the reference and the rows are measured that way. Everything is mea
 and each row prints the median of its ratios to the reference measured in the same repeat.
 The gpu preset on a CPU runs a couple of steps with a batch of 4 and fp32 rows only (it is slow there);
 on CUDA every row runs in full.
-Target (issue 4): the cpu preset at >= 1.6x the reference on a CPU with AMX. Without AMX, bf16 autocast
+Target: the cpu preset at >= 1.6x the reference on a CPU with AMX. Without AMX, bf16 autocast
 is emulated and slower than float32, so dtype="auto" picks float32 (device.cpu_has_fast_bf16()).
 """
 from __future__ import annotations

@@ -6,7 +6,9 @@
 #   3. the CLI end to end on the GPU: train the tiny preset on Shakespeare with checkpoints, resume it,
 #      then sample with live denoising from the shipped checkpoint;
 #   4. the CPU of the same machine: bench/bench_train.py for the cpu preset (fp32 against bf16 autocast,
-#      eager and compiled; the >= 1.6x target needs AMX), without the one-thread rows.
+#      eager and compiled; the >= 1.6x target needs AMX), without the one-thread rows;
+#   5. only with NOTEBOOKS=1 (several more minutes): every notebook with real settings on the GPU, timed,
+#      for the GPU column of the README's course map (the committed notebooks are not touched).
 # Usage: bash bench/gpu_session.sh [LOG_DIR]     (PYTHON=python3 by default; run from the repository root)
 # Logs go to LOG_DIR (default $OUT, else /tmp/mdlm_gpu_session). Needs torch with CUDA and the
 # packages of requirements.txt importable by $PYTHON; nothing is downloaded.
@@ -42,4 +44,10 @@ timeout 60 $PY -m mdlm_course demo 2>&1 | tail -n 12 | tee -a "$LOG/cli.txt"
 
 stamp "4. this machine's CPU: cpu preset, fp32 against bf16 autocast"
 timeout 240 $PY bench/bench_train.py --presets cpu --device cpu --no-1thread 2>&1 | tee "$LOG/bench_cpu.txt"
+if [ "${NOTEBOOKS:-0}" = 1 ]; then
+    stamp "5. the notebooks with real settings on the GPU (timed; outputs not saved)"
+    for nb in notebooks/0[0-8]_*.ipynb; do
+        timeout 600 $PY notebooks/run.py "$nb" 2>&1 | tail -n 1 | tee -a "$LOG/notebooks_gpu.txt"
+    done
+fi
 stamp "done"

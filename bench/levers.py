@@ -1,4 +1,4 @@
-"""The training levers of issue 14, each measured on its own at equal compute, on the course corpus.
+"""The training levers of the MDLM, each measured on its own at equal compute, on the course corpus.
 
     python bench/levers.py                    # every lever, ~25 minutes on one core of a 2-core laptop
     python bench/levers.py --only baseline shift --steps 100

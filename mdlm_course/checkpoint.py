@@ -200,7 +200,7 @@ def meta_sha256(meta: dict) -> str:
 def save_checkpoint(run_dir: str | Path, *, model: torch.nn.Module, step: int, train_config: dict | None = None,
                     tokenizer=None, optimizer: torch.optim.Optimizer | None = None, scaler=None,
                     ema_model: torch.nn.Module | None = None, metrics: dict | None = None,
-                    history: dict | None = None, keep: bool = True) -> Path:
+                    history: dict | None = None, data: dict | None = None, keep: bool = True) -> Path:
     """Write run_dir/step-{step:06d}/ atomically and return its path. See the module docstring.
 
     model: the (possibly compiled / DDP-wrapped) model; its unwrapped state_dict is saved and its
@@ -208,6 +208,7 @@ def save_checkpoint(run_dir: str | Path, *, model: torch.nn.Module, step: int, t
     The weights must be finite (FloatingPointError otherwise).
     metrics: e.g. {"val_nelbo": 5.1, "val_bpb": 2.3}; "val_nelbo" (an AR twin's "val_nll") decides which
     checkpoint is the best.
+    data: {"path", "sha256"} of the training text (TokenData.source), the default text of `eval`.
     keep=True: afterwards delete every checkpoint that is neither the latest nor the best.
     """
     run_dir = Path(run_dir)
@@ -258,6 +259,7 @@ def save_checkpoint(run_dir: str | Path, *, model: torch.nn.Module, step: int, t
         "grad_scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng": rng_json,
         "history": history,
+        "data": data,
         "torch_version": torch.__version__,
         "files": files,
     }

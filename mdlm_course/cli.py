@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import platform
 import sys
 
@@ -39,6 +40,12 @@ DEPENDENCIES = [
     ("tiktoken", "tiktoken", "fast tokenizer path"),
     ("matplotlib", "matplotlib", "plots"),
 ]
+OPTIONAL = [   # what the course needs beyond the package: reported, but the doctor does not fail without them
+    ("pygame", "pygame-ce", "the live window of `visualize` and `make demo`"),
+    ("PIL", "Pillow", "GIFs: `visualize --record`, notebook 07"),
+    ("jupyterlab", "jupyterlab", "the notebooks: `make lab`"),
+    ("ipykernel", "ipykernel", "the notebooks' kernel"),
+]
 
 
 def _line(ok: bool, msg: str) -> None:
@@ -56,6 +63,13 @@ def cmd_doctor(args) -> int:
         except Exception as e:  # noqa: BLE001 - report any import failure
             ok = False
             _line(False, f"{pip_name}: {type(e).__name__}: {e}  ({why}; pip install {pip_name})")
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")          # pygame's import banner
+    for mod, pip_name, why in OPTIONAL:
+        try:
+            m = importlib.import_module(mod)
+            _line(True, f"{pip_name} {getattr(m, '__version__', '?')}  ({why})")
+        except Exception:  # noqa: BLE001 - optional: say how to get it
+            print(f"[--]   {pip_name} not installed: needed only for {why} (pip install -r requirements.txt)")
     try:
         dev = get_device()
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine()
@@ -158,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="validation NELBO / NLL in nats per token and bits per byte, and sample quality")
     p.add_argument("--checkpoint", required=True, help="a checkpoint or run directory (an MDLM or an AR twin)")
-    p.add_argument("--data", help="the text whose last 5%% is the validation split (default data/shakespeare.txt)")
+    p.add_argument("--data", help="the text whose last 5%% is the validation split (default: the file the "
+                   "checkpoint was trained on, else data/shakespeare.txt)")
     p.add_argument("--windows", type=int, default=64, help="validation windows (default 64)")
     p.add_argument("--passes", type=int, default=4, help="passes over the stratified t grid, for the standard error")
     p.add_argument("--samples", type=int, default=0, help="also generate this many windows and score them")

@@ -153,19 +153,37 @@ class TokenData:
     tokenizer, and no token straddles the boundary.
     """
 
-    def __init__(self, train_ids, val_ids):
+    def __init__(self, train_ids, val_ids, source: dict | None = None):
         self.train_ids = torch.as_tensor(train_ids).long()   # (N_train,)
         self.val_ids = torch.as_tensor(val_ids).long()       # (N_val,)
+        self.source = source   # {"path", "sha256"} of the text file, recorded in checkpoints (eval's default)
 
     @classmethod
-    def from_text(cls, text: str, tokenizer, cache_dir: str | Path | None = CACHE_DIR) -> "TokenData":
+    def from_text(cls, text: str, tokenizer, cache_dir: str | Path | None = CACHE_DIR,
+                  path: str | Path | None = None) -> "TokenData":
         train_text, val_text = split_text(text)
         train = encode_cached(train_text, tokenizer, cache_dir, name="train")
         val = encode_cached(val_text, tokenizer, cache_dir, name="val")
-        return cls(train.astype(np.int64), val.astype(np.int64))
+        source = None if path is None else {"path": course_relative(path), "sha256": text_sha256(text)}
+        return cls(train.astype(np.int64), val.astype(np.int64), source)
 
     def __repr__(self) -> str:
         return f"TokenData(train={len(self.train_ids):,} tokens, val={len(self.val_ids):,} tokens)"
+
+
+def course_relative(path: str | Path) -> str:
+    """A path as recorded in a checkpoint: relative to COURSE_HOME when inside it (no machine's absolute
+    paths in shipped files), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(COURSE_HOME.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def text_sha256(text: str) -> str:
+    """The sha256 of a text's UTF-8 bytes: which corpus a checkpoint was trained on."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def random_windows(ids, batch_size: int, seq_len: int, generator=None):

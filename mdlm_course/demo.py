@@ -43,8 +43,9 @@ def demo_tokenizer(train_text: str, val_text: str, vocab_size: int):
     return tok
 
 
-def demo_train(text: str, tok, *, quick: bool):
-    """A tiny MDLM trained here for a minute or two on a laptop CPU (seconds in quick mode).
+def demo_train(text: str, tok, *, quick: bool, why: str = f"no checkpoint in {CHECKPOINTS.name}/ yet"):
+    """A tiny MDLM trained here for a minute or two on a laptop CPU (seconds in quick mode). why: printed,
+    the reason no shipped checkpoint is used.
 
     Its samples are word salad with Shakespeare's spelling; notebook 05 trains a real one.
     """
@@ -55,7 +56,7 @@ def demo_train(text: str, tok, *, quick: bool):
     torch.manual_seed(0)
     model = MDLM(model_cfg)
     data = TokenData.from_text(text, tok)
-    print(f"== 2. Model: no checkpoint in {CHECKPOINTS.name}/ yet, so training a small MDLM here "
+    print(f"== 2. Model: {why}, so training a small MDLM here "
           f"({model.num_params() / 1e6:.2f}M parameters, {cfg.max_steps} steps of "
           f"{cfg.batch_size} x {model_cfg.seq_len} tokens)", flush=True)
     result = train(model, cfg, data, tokenizer=tok)
@@ -100,7 +101,8 @@ def run_demo(quick: bool = False, live: bool | None = None, use_checkpoint: bool
             text = text[:400_000]   # quick mode: a slice of the corpus
         train_text, val_text = split_text(text)
         tok = demo_tokenizer(train_text, val_text, 512 if quick else 1024)
-        model = demo_train(text, tok, quick=quick)
+        why = f"no checkpoint in {CHECKPOINTS.name}/ yet" if use_checkpoint else "use_checkpoint=False"
+        model = demo_train(text, tok, quick=quick, why=why)
         seq_len = model.config.seq_len
     window = want_window(live) if window is None else window
     print(f"== 3. Sampling: ancestral sampler, {seq_len} tokens, from all-[MASK] ({MASK_GLYPH}) to text", flush=True)

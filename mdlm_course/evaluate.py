@@ -32,13 +32,14 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from .ar import ar_sample, next_token_nll
 from .checkpoint import CheckpointError, load_pretrained
-from .config import OBJECTIVES
-from .data import DEFAULT_CORPUS, check_long_enough, fixed_windows, load_text, split_text
+from .config import COURSE_HOME, OBJECTIVES
+from .data import DEFAULT_CORPUS, check_long_enough, fixed_windows, load_text, split_text, text_sha256
 from .device import autocast
 from .diffusion import get_schedule, masked_nll, prior_term, q_sample
 from .errors import MdlmError
@@ -210,7 +211,7 @@ def evaluate_checkpoint(path, *, data_path=None, windows: int = 64, passes: int 
     if tok is None:
         raise CheckpointError(f"{path}: the checkpoint has no tokenizer, so bits per byte cannot be measured")
     objective = "ar" if model.config.causal else "mdlm"
-    text = load_text(data_path or DEFAULT_CORPUS)
+    text, data_path = _scored_text(data_path, meta, say)
     train_text, val_text = split_text(text)
     val_ids = torch.tensor(tok.encode_fast(val_text) if hasattr(tok, "encode_fast") else tok.encode(val_text))
     check_long_enough(len(val_ids), model.config.seq_len, "the validation split")
@@ -219,8 +220,9 @@ def evaluate_checkpoint(path, *, data_path=None, windows: int = 64, passes: int 
               **likelihood_report(model, val_ids, tokenizer=tok, objective=objective, windows=windows, passes=passes,
                                   schedule=schedule)}
     name = "NLL" if objective == "ar" else "NELBO"
+    report["data"] = str(data_path)
     say(f"{path}: {objective.upper()} at step {report['step']}, {report['windows']} validation windows of "
-        f"{report['seq_len']} tokens" + (f", {passes} pass{'es' if passes > 1 else ''}" if objective == "mdlm" else ""))
+        f"{report['seq_len']} tokens of {data_path}" + (f", {passes} pass{'es' if passes > 1 else ''}" if objective == "mdlm" else ""))
     err, err_bpb = ((f" ± {report['stderr']:.4f}", f" ± {report['stderr_bpb']:.4f}") if math.isfinite(report["stderr"])
                     else ("", " (one pass: no standard error; use --passes 2 or more)"))
     say(f"  val {name}: {report[METRIC[objective]]:.4f}{err} nats/token = {report['val_bpb']:.4f}{err_bpb} bits/byte; "
@@ -236,6 +238,22 @@ def evaluate_checkpoint(path, *, data_path=None, windows: int = 64, passes: int 
             f"{100 * q['real_word_rate']:.1f}%, repeated 4-grams {100 * q['repeated_4grams']:.1f}%"
             + (f", generative perplexity {q['gen_ppl']:.1f}" if "gen_ppl" in q else ""))
     return report
+
+
+def _scored_text(data_path, meta: dict, say) -> tuple[str, Path]:
+    """The text whose last 5% is scored: data_path if given, else the file the checkpoint was trained on
+    (meta.json's "data", relative to COURSE_HOME), else the Shakespeare corpus."""
+    source = meta.get("data") or {}
+    if data_path is None and source.get("path"):
+        data_path = COURSE_HOME / source["path"]
+        if not data_path.is_file():
+            raise CheckpointError(f"{data_path}: the text this checkpoint was trained on is not there; "
+                                  "pass --data FILE to score it on another text")
+    data_path = Path(data_path or DEFAULT_CORPUS)
+    text = load_text(data_path)
+    if source.get("sha256") and text_sha256(text) != source["sha256"]:
+        say(f"note: {data_path} is not the text this checkpoint was trained on ({source['path']}, by its sha256)")
+    return text, data_path
 
 
 def _quality(model, tok, objective, train_text, val_ids, n, steps, method, judge, seed) -> dict:

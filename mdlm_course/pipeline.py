@@ -29,6 +29,10 @@ from .tokenizer import BPETokenizer
 from .train import TrainResult, train
 
 
+SMALL_TEXT = 1_000_000      # characters: below this, a newly trained tokenizer gets SMALL_TEXT_VOCAB tokens
+SMALL_TEXT_VOCAB = 1024     # what notebook 05's own-text cell uses
+
+
 def train_on_text(data_path: str | Path | None = None, *, preset: str = "cpu", out: str | Path | None = None,
                   train_overrides: dict | None = None, tokenizer_path: str | Path | None = None,
                   vocab_size: int | None = None, cache_dir: str | Path | None = CACHE_DIR, resume: bool = False,
@@ -36,7 +40,8 @@ def train_on_text(data_path: str | Path | None = None, *, preset: str = "cpu", o
     """Train the preset's model on a UTF-8 text file; checkpoints go to `out` (default runs/<file>-<preset>).
 
     train_overrides: TrainConfig fields to change, e.g. {"max_steps": 500, "objective": "ar"} (a misspelt
-    field is a one-line error). vocab_size: of a newly trained tokenizer (default: the preset's).
+    field is a one-line error). vocab_size: of a newly trained tokenizer (default: the preset's, or
+    SMALL_TEXT_VOCAB for a text under SMALL_TEXT characters, where 4096 tokens would leave few examples each).
     output_shift: ModelConfig.output_shift, the MDLM reads position i's logits from position i - 1.
     """
     cfg = TrainConfig.preset(preset, **(train_overrides or {}))
@@ -52,6 +57,8 @@ def train_on_text(data_path: str | Path | None = None, *, preset: str = "cpu", o
     model_config = ModelConfig.preset(preset, **shape)
     if init is not None:                 # the model's shape and tokenizer come from the checkpoint it starts from
         model_config = ModelConfig(**{**init.meta["model_config"], **shape})
+    if vocab_size is None and tokenizer_path is None and init is None and len(text) < SMALL_TEXT:
+        vocab_size = min(model_config.vocab_size, SMALL_TEXT_VOCAB)   # used only if a tokenizer is trained
     if vocab_size is not None:
         model_config = replace(model_config, vocab_size=vocab_size)
     rank, world_size, _, initialised_here = setup_distributed(cfg.device)
@@ -67,7 +74,7 @@ def _train(text, data_path, preset, out, cfg, model_config, init, tokenizer_path
            rank, world_size, say) -> TrainResult:
     """Steps 2-5: tokenizer, data, model, train()."""
     tok = _tokenizer(text, model_config.vocab_size, tokenizer_path, init, out if resume else None, cache_dir, say)
-    data = rank_zero_first(lambda: TokenData.from_text(text, tok, cache_dir))
+    data = rank_zero_first(lambda: TokenData.from_text(text, tok, cache_dir, path=data_path))
     torch.manual_seed(cfg.seed)                                     # the initial weights are the seed's too
     model = MDLM(replace(model_config, vocab_size=tok.vocab_size))
     say(f"data: {data_path}: {data}")
@@ -110,5 +117,6 @@ def _tokenizer(text: str, vocab_size: int, path, init, resume_dir, cache_dir, sa
                list_checkpoints(resume_dir) else None):
         if ck is not None and ck.tokenizer() is not None:
             return ck.tokenizer()
-    say(f"tokenizer: byte-level BPE, vocab_size={vocab_size}, trained on the train split (cached in {cache_dir})")
+    say(f"tokenizer: byte-level BPE, vocab_size={vocab_size} (--vocab-size to choose), trained on the train split "
+        f"(cached in {cache_dir})")
     return prepare_tokenizer(split_text(text)[0], vocab_size, cache_dir)

@@ -81,6 +81,7 @@ class _Run:
     step: int
     history: dict
     checkpoint: Path | None = None
+    data_source: dict | None = None  # the text file's path and sha256 (TokenData.source), saved in meta.json
 
 
 def train(model: nn.Module, config: TrainConfig, data: TokenData, *, tokenizer=None, mask_id: int | None = None,
@@ -102,6 +103,7 @@ def train(model: nn.Module, config: TrainConfig, data: TokenData, *, tokenizer=N
     try:
         run = _start(model, config, data, tokenizer, mask_id, out_dir, resume, stop_at, rank, device, world_size,
                      progress)
+        run.data_source = getattr(data, "source", None)
         return _loop(run, config, data, tokenizer, mask_id, out_dir, stop_at, rank, device, world_size, progress)
     finally:
         if initialised_here:
@@ -130,12 +132,23 @@ def _check_inputs(raw, cfg, data, tokenizer, mask_id, out_dir, resume, stop_at) 
     check_splits(data, raw.config.seq_len, raw.config.vocab_size, mask_id)
 
 
+def _say_notes(cfg: TrainConfig, data: TokenData, L: int, say) -> None:
+    """Settings that work but are probably not what a small run wants: say so before the first step."""
+    if cfg.max_steps < cfg.warmup_steps:
+        say(f"note: {cfg.max_steps} steps are fewer than the {cfg.warmup_steps} warm-up steps, so the learning "
+            f"rate never reaches its peak of {cfg.lr:g}")
+    if cfg.eval_interval and len(data.val_ids) // L < cfg.eval_windows:
+        say(f"note: the validation split holds {len(data.val_ids) // L} windows of {L} tokens, fewer than "
+            f"eval_windows={cfg.eval_windows}; validation uses those (a noisier figure)")
+
+
 def _start(model, cfg, data, tokenizer, mask_id, out_dir, resume, stop_at, rank, device, world_size,
            progress) -> _Run:
     """Check the inputs, build optimizer, scaler, EMA and loss; restore the latest checkpoint or start afresh."""
     raw = unwrap(model)
     _check_inputs(raw, cfg, data, tokenizer, mask_id, out_dir, resume, stop_at)
     say = tqdm.write if rank == 0 and progress else (lambda *a, **k: None)
+    _say_notes(cfg, data, raw.config.seq_len, say)
     raw.to(device).train()
     amp_dtype = _choose_dtype(raw, cfg, data, mask_id, device, say)   # bf16, fp16 or None (= fp32)
     scaler = torch.amp.GradScaler(device.type, init_scale=cfg.fp16_init_scale, enabled=amp_dtype == torch.float16)
@@ -342,5 +355,6 @@ def _evaluate_and_save(run: _Run, cfg: TrainConfig, val_set, tokenizer, mask_id,
     if out_dir is not None:
         run.checkpoint = save_checkpoint_safely(out_dir, model=run.raw, step=run.step, train_config=cfg.to_dict(),
                                                 tokenizer=tokenizer, optimizer=run.optimizer, scaler=run.scaler,
-                                                ema_model=run.ema_model, metrics=val, history=run.history)
+                                                ema_model=run.ema_model, metrics=val, history=run.history,
+                                                data=run.data_source)
     return val

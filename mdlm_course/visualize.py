@@ -27,6 +27,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -46,6 +47,7 @@ FADE = 4                        # a fresh token's highlight fades over this many
 MIN_TEMPERATURE = 0.05          # T and Shift-T never go below this (temperature 0 is not a distribution)
 MAX_GIF_FRAMES = 100         # record_gif's default stride keeps a GIF to about this many frames
 SPEEDS = (1, 2, 5, 10, 20, 50, 100, 200, 500)   # playback speeds, steps per second
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")   # control characters but \t and \n: shown as U+FFFD
 
 
 class VisualizeError(MdlmError):
@@ -57,7 +59,10 @@ class VisualizeError(MdlmError):
 # ---------------------------------------------------------------------------------------------
 
 def render(tokenizer, ids, mask_glyph: str = MASK_GLYPH) -> str:
-    """Text of one sequence with each [MASK] drawn as a glyph.  render(tok, [84, mask, 33]) -> 'T░!'"""
+    """Text of one sequence with each [MASK] drawn as a glyph.  render(tok, [84, mask, 33]) -> 'T░!'
+
+    A control character that a byte-level model may write (ESC, CR, ...) is drawn as U+FFFD, so that it
+    cannot move a terminal's cursor or ask a font for a glyph it lacks."""
     out, span = [], []
     for i in ids.tolist() if torch.is_tensor(ids) else ids:
         if i == tokenizer.mask_id:
@@ -67,7 +72,7 @@ def render(tokenizer, ids, mask_glyph: str = MASK_GLYPH) -> str:
         else:
             span.append(i)
     out.append(tokenizer.decode(span))
-    return "".join(out)
+    return CONTROL.sub("\ufffd", "".join(out))
 
 
 def terminal_is_live(out) -> bool:

@@ -1,6 +1,6 @@
 """Bad input never costs a reader their run: every mistake gives a one-line error that names what to fix.
 
-Issue 11. Each case below is something a careless or unlucky user could pass. Each asserts:
+Each case below is something a careless or unlucky user could pass. Each asserts:
   - the exception class (the package's own, so that the CLI can print it in one line);
   - that the message is one line (no '\\n');
   - that the message names the thing to fix (the needles: words it must contain).

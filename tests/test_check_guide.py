@@ -1,4 +1,4 @@
-"""tools/check_guide.py (issue 15): the numbers the guide quotes from a notebook are in its saved outputs.
+"""tools/check_guide.py: the numbers the guide quotes from a notebook are in its saved outputs.
 
 The rules are tested on a small hand-written guide and a fake notebook; the last tests run the check on
 the repository's learning_guide.md and notebooks.
@@ -95,7 +95,8 @@ def test_a_stale_number_fails_with_a_message_naming_its_line(repo, capsys):
     out = capsys.readouterr().out.splitlines()
     assert f"guide.md:{line_of('A stale claim')}: 3.100 (cites notebook 05) not in its outputs" in out
     assert f"guide.md:{line_of('Rounded')}: 7.00 (chapter 5: notebook 05) not in its outputs" in out
-    assert len(out) == 2
+    assert out[-1] == check_guide.RERUN_HINT and "git checkout notebooks/" in out[-1]
+    assert len(out) == 3
 
 
 def test_a_rounded_quote_matches_only_what_rounds_to_it(repo):
@@ -167,4 +168,4 @@ def test_the_repository_guide_quotes_numbers_from_existing_notebooks():
 
 def test_every_number_the_guide_quotes_is_in_its_notebook():
     missing = [check_guide.missing_line("learning_guide.md", r) for r in check_guide.check() if r.found is None]
-    assert not missing, "\n".join(missing)
+    assert not missing, "\n".join([*missing, check_guide.RERUN_HINT])

@@ -52,6 +52,8 @@ def test_doctor_prints_ok_lines(capsys):
     out = capsys.readouterr().out
     for name in ["torch", "numpy", "regex", "tqdm", "safetensors", "tiktoken", "device cpu", "bf16 supported"]:
         assert any(name in line and line.startswith("[OK]") for line in out.splitlines()), name
+    for name in ["pygame-ce", "Pillow", "jupyterlab", "ipykernel"]:           # optional: [OK] or [--], never [FAIL]
+        assert any(name in line and line[:4] in ("[OK]", "[--]") for line in out.splitlines()), name
 
 
 def test_doctor_reports_a_missing_dependency(monkeypatch, capsys):
@@ -59,6 +61,13 @@ def test_doctor_reports_a_missing_dependency(monkeypatch, capsys):
     monkeypatch.setattr(cli, "DEPENDENCIES", cli.DEPENDENCIES + [("no_such_module_xyz", "no-such", "test")])
     assert main(["doctor"]) == 1
     assert "[FAIL] no-such" in capsys.readouterr().out
+
+
+def test_doctor_does_not_fail_for_a_missing_optional_package(monkeypatch, capsys):
+    from mdlm_course import cli
+    monkeypatch.setattr(cli, "OPTIONAL", cli.OPTIONAL + [("no_such_module_xyz", "no-such", "a test")])
+    assert main(["doctor"]) == 0
+    assert "[--]   no-such not installed: needed only for a test" in capsys.readouterr().out
 
 
 def test_module_entry_point():

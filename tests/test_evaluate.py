@@ -145,6 +145,27 @@ def test_eval_prints_each_figure_for_either_objective(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_eval_scores_the_text_the_checkpoint_was_trained_on(tmp_path, capsys):
+    """Without --data, eval reads the training file from meta.json (not Shakespeare), and names it."""
+    assert _train_cli(tmp_path, tmp_path / "mdlm") == 0
+    data = load_checkpoint(tmp_path / "mdlm").meta["data"]
+    assert data["path"] == str((tmp_path / "plays.txt").resolve()) and len(data["sha256"]) == 64
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "mdlm"), "--windows", "2", "--passes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"tokens of {tmp_path / 'plays.txt'}" in out.replace(str(tmp_path.resolve()), str(tmp_path))
+    other = tmp_path / "other.txt"
+    other.write_text(TEXT.upper(), encoding="utf-8")
+    assert main(["eval", "--checkpoint", str(tmp_path / "mdlm"), "--windows", "2", "--passes", "1",
+                 "--data", str(other)]) == 0
+    assert "is not the text this checkpoint was trained on" in capsys.readouterr().out
+    (tmp_path / "plays.txt").unlink()
+    assert main(["eval", "--checkpoint", str(tmp_path / "mdlm"), "--windows", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "plays.txt" in err and "--data" in err and "\n" not in err
+
+
+@pytest.mark.slow
 def test_eval_and_resume_bad_input(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
@@ -162,3 +183,20 @@ def test_load_pretrained_without_arguments_loads_the_shipped_checkpoint():
     model, tok, meta = load_pretrained()
     assert isinstance(model, MDLM) and not model.training and tok is not None
     assert tok.vocab_size == model.config.vocab_size and meta["step"] > 0
+
+
+@pytest.mark.slow
+def test_a_small_text_gets_a_small_vocabulary_and_notes_before_the_first_step(tmp_path, capsys):
+    """Own text under SMALL_TEXT characters: a SMALL_TEXT_VOCAB tokenizer, not the preset's 4096; and a run
+    shorter than its warm-up, or with fewer validation windows than eval_windows, says so before step 1."""
+    from mdlm_course.data import DEFAULT_CORPUS, load_text
+    from mdlm_course.pipeline import SMALL_TEXT, SMALL_TEXT_VOCAB, train_on_text
+    path = tmp_path / "book.txt"
+    path.write_text(load_text(DEFAULT_CORPUS)[:200_000], encoding="utf-8")
+    assert 200_000 < SMALL_TEXT
+    result = train_on_text(path, preset="cpu", out=tmp_path / "run", cache_dir=tmp_path / "cache",
+                           train_overrides={"max_steps": 2, "batch_size": 2, "eval_interval": 2})
+    assert result.model.config.vocab_size == SMALL_TEXT_VOCAB
+    out = capsys.readouterr().out
+    assert "note: 2 steps are fewer than the 100 warm-up steps" in out
+    assert "note: the validation split holds" in out and "fewer than eval_windows=64" in out

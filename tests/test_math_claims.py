@@ -1,4 +1,4 @@
-"""The claims of chapters 2-6 that code can check (issue 10): each test fails on the wrong version.
+"""The claims of chapters 2-6 that code can check: each test fails on the wrong version.
 
 - the NELBO alone is a bound only up to the prior term: on the toy it lies *below* the exact NLL, and
   adding the prior term closes the gap to O(eps^2);

@@ -177,7 +177,7 @@ def test_preset_parameter_counts(name, expected):
 
 
 def test_cpu_preset_fits_the_20_mb_checkpoint_in_float32():
-    """The shipped checkpoint is the cpu preset's shape: its float32 weights stay under 20 MB (issue 14)."""
+    """The shipped checkpoint is the cpu preset's shape: its float32 weights stay under 20 MB (the course's size limit)."""
     with torch.device("meta"):
         n = MDLM(ModelConfig.preset("cpu")).num_params()
     assert 4e6 <= n and 4 * n < 20e6

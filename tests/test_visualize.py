@@ -408,3 +408,11 @@ def test_plot_history_draws_the_history(val_key):
     np.testing.assert_allclose(val.get_ydata(), history[val_key])
     assert ("NELBO" in val.get_label()) is (val_key == "val_nelbo")
     plt.close(ax.figure)
+
+
+def test_render_draws_control_characters_as_a_replacement_glyph(tok):
+    """ESC or CR decoded from byte tokens must not reach a terminal (or a font) as themselves."""
+    ids = [27, *tok.encode("[31mred"), tok.mask_id, 13, 9, 10, 65]      # ESC, text, [MASK], CR, TAB, LF, 'A'
+    text = visualize.render(tok, ids)
+    assert "\x1b" not in text and "\r" not in text and text.startswith("\ufffd[31mred" + MASK_GLYPH + "\ufffd")
+    assert text.endswith("\t\nA")

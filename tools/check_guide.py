@@ -1,6 +1,6 @@
 """Check the numbers that learning_guide.md quotes from a notebook against the notebook's saved outputs.
 
-Issue 15: every number in the guide appears in a notebook output or a test. This script finds the numbers
+The rule: every number in the guide appears in a notebook output or a test. This script finds the numbers
 the guide quotes from each notebook and looks for them in the outputs committed with that notebook.
 
     .venv/bin/python tools/check_guide.py                 # exit status 1 if a quoted number is missing
@@ -251,6 +251,10 @@ def unused_allowances(results: list[Result], only: str | None = None) -> list[tu
     return [key for key in ALLOWED if key not in used and only in (None, key[0])]
 
 
+RERUN_HINT = ("If you re-ran or saved notebooks yourself (quick mode, or in JupyterLab), their outputs are no longer "
+              "the committed real run that the guide quotes: `git checkout notebooks/` restores them.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--notebook", metavar="NN", help="check only the numbers quoted from notebook NN")
@@ -271,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{Path(__file__).name}: ALLOWED entry ({nb!r}, {text!r}) matches no quote of notebook {nb}: "
               "remove it")
     counts = {kind: sum(r.found == kind for r in results) for kind in (*SOURCES, "allowed", None)}
+    if counts[None] and not args.list:
+        print(RERUN_HINT)
     if args.list:
         print(f"{len(results)} numbers checked: {counts['outputs']} in outputs, {counts['markdown']} only in "
               f"markdown, {counts['code']} only in code, {counts['allowed']} allowed, {counts[None]} missing")
