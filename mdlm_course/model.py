@@ -98,14 +98,15 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def _qkv(self, x, cos, sin):
+    def rotated_qkv(self, x, cos, sin):
+        """(q, k, v) of x (B, L, d), each (B, H, L, dh), with RoPE applied to q and k."""
         B, L, d = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_head, self.d_head).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, dh)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, L, d = x.shape
-        q, k, v = self._qkv(x, cos, sin)
+        q, k, v = self.rotated_qkv(x, cos, sin)
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0
         )                                                           # (B, H, L, dh)
@@ -117,7 +118,7 @@ class Attention(nn.Module):
 
         forward() never builds this matrix; tests check that attention_probs @ v gives the same output.
         """
-        q, k, _ = self._qkv(x, cos, sin)
+        q, k, _ = self.rotated_qkv(x, cos, sin)
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_head)  # (B, H, L, L)
         if self.causal:
             L = x.shape[1]

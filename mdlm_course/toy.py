@@ -42,7 +42,7 @@ class ToyDistribution:
         self.support = torch.tensor(list(itertools.product(range(V), repeat=L)))           # (N, L)
         z = torch.randn(len(self.support), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         self.probs = torch.softmax(sharpness * z, 0)                                        # (N,) float64
-        self._onehot = torch.nn.functional.one_hot(self.support, V).double()                # (N, L, V)
+        self.onehot = torch.nn.functional.one_hot(self.support, V).double()                # (N, L, V)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n sequences x_0 ~ p, (n, L) ids."""
@@ -59,12 +59,12 @@ class ToyDistribution:
 
     def marginal_entropy_per_token(self) -> float:
         """sum_i H(x^i) / L: what a model that ignores context (unigram) pays."""
-        marg = torch.einsum("n,nlv->lv", self.probs, self._onehot)                          # (L, V)
+        marg = torch.einsum("n,nlv->lv", self.probs, self.onehot)                          # (L, V)
         return float(-(marg * marg.log()).sum() / self.L)
 
     def _logits(self, weights: torch.Tensor, out_device) -> torch.Tensor:
         """Posterior weights over the support (B, N) -> per-position log-marginals (B, L, V + 1)."""
-        marg = torch.einsum("bn,nlv->blv", weights, self._onehot)                            # (B, L, V)
+        marg = torch.einsum("bn,nlv->blv", weights, self.onehot)                            # (B, L, V)
         marg = marg / marg.sum(-1, keepdim=True)
         logits = marg.clamp_min(1e-300).log()
         logits = torch.cat([logits, torch.zeros_like(logits[..., :1])], dim=-1)            # (B, L, V + 1)

@@ -96,7 +96,7 @@ def test_sdpa_equals_written_out_attention(causal):
     x = torch.randn(2, 9, 64, dtype=torch.float64)
     cos, sin = model.rope_cos.double(), model.rope_sin.double()
     probs = attn.attention_probs(x, cos, sin)                                   # (B, H, L, L)
-    _, _, v = attn._qkv(x, cos, sin)
+    _, _, v = attn.rotated_qkv(x, cos, sin)
     y = (probs @ v).transpose(1, 2).reshape(2, 9, 64)
     torch.testing.assert_close(attn(x, cos, sin), attn.proj(y), rtol=1e-9, atol=1e-10)
     future = torch.ones(9, 9, dtype=torch.bool).triu(1)

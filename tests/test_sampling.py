@@ -42,7 +42,7 @@ def law(x: torch.Tensor) -> torch.Tensor:
 
 
 def product_of_marginals() -> torch.Tensor:
-    marg = torch.einsum("n,nlv->lv", TOY.probs, TOY._onehot)                     # (L, V)
+    marg = torch.einsum("n,nlv->lv", TOY.probs, TOY.onehot)                     # (L, V)
     return math.prod(marg[i][TOY.support[:, i]] for i in range(TOY.L))          # (81,)
 
 
