@@ -654,7 +654,8 @@ def export_for_shipping(src: str | Path, dst: str | Path, *, which: str = "best"
     weights = ck.ema_state() if ck.meta.get("has_ema") else ck.model_state
     load_model_state(model, weights, str(ck.path))
     return save_checkpoint(dst, model=model, step=ck.step, train_config=ck.meta.get("train_config"),
-                           tokenizer=ck.tokenizer(), metrics=ck.meta.get("metrics"), history=ck.meta.get("history"))
+                           tokenizer=ck.tokenizer(), metrics=ck.meta.get("metrics"), history=ck.meta.get("history"),
+                           data=ck.meta.get("data"))
 
 
 def check_resumable(ck: "Checkpoint", model: torch.nn.Module, config: TrainConfig, tokenizer) -> None:

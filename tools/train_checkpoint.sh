@@ -2,8 +2,8 @@
 # Regenerate the shipped checkpoints (make checkpoint). Each stage resumes where it stopped, so the
 # script can be interrupted and run again. See checkpoints/README.md for the figures it produced.
 #   1. the AR twin (causal, next-token loss) for the first STEPS_AR_INIT of its STEPS steps;
-#   2. the MDLM, started from those weights (a warm start; chapter 8), for STEPS - STEPS_AR_INIT steps,
-#      so that the MDLM's whole budget (AR steps included) equals the twin's;
+#   2. the MDLM, started from those weights (a warm start; chapter 8) with the output shift, for
+#      STEPS - STEPS_AR_INIT steps, so that the MDLM's whole budget (AR steps included) equals the twin's;
 #   3. the AR twin, on to STEPS steps: the equal-compute baseline.
 # The best checkpoint of each run (lowest validation loss) is then exported without its optimizer state
 # into checkpoints/shakespeare-mdlm and checkpoints/shakespeare-ar.
@@ -13,7 +13,8 @@ PY=${PY:-.venv/bin/python}
 STEPS=${STEPS:-4000}
 STEPS_AR_INIT=${STEPS_AR_INIT:-1000}
 RUNS=${RUNS:-runs}
-MDLM_FLAGS=${MDLM_FLAGS:-}     # extra options for the MDLM stage, e.g. MDLM_FLAGS=--output-shift (bench/RESULTS.md)
+MDLM_FLAGS=${MDLM_FLAGS---output-shift}   # options of the MDLM stage: DiffuLLaMA's output shift (bench/RESULTS.md);
+                                           # MDLM_FLAGS= (empty) trains without it
 TOK=checkpoints/tokenizer_shakespeare_4096.json
 common=(--preset cpu --tokenizer "$TOK" --resume)
 
