@@ -135,7 +135,8 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
 def cmd_eval(args) -> int:
     """Validation NELBO (or the AR twin's NLL) with its standard error, and sample quality (evaluate.py)."""
     evaluate_checkpoint(args.checkpoint, data_path=args.data, windows=args.windows, passes=args.passes,
-                        samples=args.samples, steps=args.steps, method=args.method, judge=args.judge, seed=args.seed)
+                        samples=args.samples, steps=args.steps, method=args.method, block_length=args.block_length,
+                        judge=args.judge, seed=args.seed)
     return 0
 
 
@@ -179,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=0, help="also generate this many windows and score them")
     p.add_argument("--steps", type=int, default=256, help="sampling steps (MDLM)")
     p.add_argument("--method", choices=["ancestral", "first_hitting", "confidence"], default="ancestral")
+    p.add_argument("--block-length", type=int, help="semi-autoregressive blocks of this many tokens, left to "
+                   "right, --steps each (1: the MDLM writes left to right; an approximation, chapter 6)")
     p.add_argument("--judge", help="an AR twin's checkpoint: the generative perplexity of the samples")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_eval)

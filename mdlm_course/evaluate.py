@@ -38,7 +38,7 @@ import torch
 
 from .ar import ar_sample, next_token_nll
 from .checkpoint import CheckpointError, load_pretrained
-from .config import COURSE_HOME, OBJECTIVES
+from .config import COURSE_HOME, OBJECTIVES, check_number
 from .data import DEFAULT_CORPUS, check_long_enough, fixed_windows, load_text, split_text, text_sha256
 from .device import autocast
 from .diffusion import get_schedule, masked_nll, prior_term, q_sample
@@ -202,11 +202,13 @@ def sample_quality(samples: torch.Tensor, tokenizer, *, train_words: set[str], r
 # ---------------------------------------------------------------------------------------------
 
 def evaluate_checkpoint(path, *, data_path=None, windows: int = 64, passes: int = 4, samples: int = 0,
-                        steps: int = 256, method: str = "ancestral", judge=None, seed: int = 0,
-                        say=print) -> dict:
+                        steps: int = 256, method: str = "ancestral", block_length: int | None = None,
+                        judge=None, seed: int = 0, say=print) -> dict:
     """Load a checkpoint (an MDLM or an AR twin), print and return its validation figures and, with
     samples > 0, the quality of that many generated windows (`judge`: an AR twin's checkpoint for the
     generative perplexity). The objective is read from the checkpoint."""
+    if block_length is not None:                                    # before an evaluation of minutes, not after
+        check_number("eval", "block_length", block_length, integer=True, lo=1)
     model, tok, meta = load_pretrained(path)
     if tok is None:
         raise CheckpointError(f"{path}: the checkpoint has no tokenizer, so bits per byte cannot be measured")
@@ -231,9 +233,11 @@ def evaluate_checkpoint(path, *, data_path=None, windows: int = 64, passes: int 
         say(f"  prior term left out of the NELBO: {report['prior']:.5f} nats/token; with it, the perplexity bound: "
             f"perplexity <= {report['ppl_with_prior']:.2f}")
     if samples > 0:
-        report["quality"] = _quality(model, tok, objective, train_text, val_ids, samples, steps, method, judge, seed)
+        report["quality"] = _quality(model, tok, objective, train_text, val_ids, samples, steps, method, block_length,
+                                     judge, seed)
         q = report["quality"]
-        say(f"  {samples} samples ({method + f', {steps} steps' if objective == 'mdlm' else 'left to right'}): "
+        how = f"{method}, {steps} steps" + (f" per block of {block_length}" if block_length else "")
+        say(f"  {samples} samples ({how if objective == 'mdlm' else 'left to right'}): "
             f"unigram entropy {q['unigram_entropy']:.3f} (data {q['data_unigram_entropy']:.3f}), real words "
             f"{100 * q['real_word_rate']:.1f}%, repeated 4-grams {100 * q['repeated_4grams']:.1f}%"
             + (f", generative perplexity {q['gen_ppl']:.1f}" if "gen_ppl" in q else ""))
@@ -256,14 +260,15 @@ def _scored_text(data_path, meta: dict, say) -> tuple[str, Path]:
     return text, data_path
 
 
-def _quality(model, tok, objective, train_text, val_ids, n, steps, method, judge, seed) -> dict:
+def _quality(model, tok, objective, train_text, val_ids, n, steps, method, block_length, judge, seed) -> dict:
     """Generate n windows from the model and score them (sample_quality)."""
     L, gen = model.config.seq_len, torch.Generator().manual_seed(seed)
     if objective == "ar":
         first = fixed_windows(val_ids, L, n)[:, :1]                 # (n, 1): each sample starts from a real token
         out = ar_sample(model, num_samples=len(first), seq_len=L, prompt=first, mask_id=tok.mask_id, generator=gen)
     else:
-        out = sample(model, mask_id=tok.mask_id, num_samples=n, seq_len=L, steps=steps, method=method, generator=gen)
+        out = sample(model, mask_id=tok.mask_id, num_samples=n, seq_len=L, steps=steps, method=method,
+                     block_length=block_length, generator=gen)
     ar_model = load_pretrained(judge)[0] if judge is not None else None
     return sample_quality(out, tok, train_words=set(words(train_text)), reference=fixed_windows(val_ids, L, n),
                           ar_model=ar_model)

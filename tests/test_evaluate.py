@@ -142,6 +142,12 @@ def test_eval_prints_each_figure_for_either_objective(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "mdlm"), "--passes", "1", *common[:4]]) == 0
     out = capsys.readouterr().out
     assert ", 1 pass\n" in out and "no standard error" in out and "nan" not in out
+    assert main(["eval", "--checkpoint", str(tmp_path / "mdlm"), "--passes", "1", "--steps", "1", "--block-length", "1",
+                 *common[:6]]) == 0
+    assert "2 samples (ancestral, 1 steps per block of 1)" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(tmp_path / "mdlm"), "--block-length", "0", *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "block_length" in err and "\n" not in err
 
 
 @pytest.mark.slow
