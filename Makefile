@@ -60,8 +60,8 @@ gpu-check: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/python notebooks/run.py --inplace notebooks/[0-9]*.ipynb
 
-# Regenerate the shipped checkpoints (hours on a laptop CPU; resumable: run it again after a stop).
-# Then export them: see checkpoints/README.md.
+# Regenerate the shipped checkpoints (hours on a laptop CPU; resumable: run it again after a stop). The
+# script exports each run's best checkpoint into checkpoints/; checkpoints/README.md has the figures.
 checkpoint: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} tools/train_checkpoint.sh
 
