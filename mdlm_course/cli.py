@@ -56,20 +56,17 @@ def cmd_doctor(args) -> int:
     """One [OK]/[FAIL] line per dependency, then the device and its precision."""
     ok = True
     _line(True, f"python {platform.python_version()} ({sys.executable})")
-    for mod, pip_name, why in DEPENDENCIES:
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")          # pygame's import banner
+    for (mod, pip_name, why), required in [(d, True) for d in DEPENDENCIES] + [(d, False) for d in OPTIONAL]:
         try:
             m = importlib.import_module(mod)
             _line(True, f"{pip_name} {getattr(m, '__version__', '?')}  ({why})")
         except Exception as e:  # noqa: BLE001 - report any import failure
-            ok = False
-            _line(False, f"{pip_name}: {type(e).__name__}: {e}  ({why}; pip install {pip_name})")
-    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")          # pygame's import banner
-    for mod, pip_name, why in OPTIONAL:
-        try:
-            m = importlib.import_module(mod)
-            _line(True, f"{pip_name} {getattr(m, '__version__', '?')}  ({why})")
-        except Exception:  # noqa: BLE001 - optional: say how to get it
-            print(f"[--]   {pip_name} not installed: needed only for {why} (pip install -r requirements.txt)")
+            if required:
+                ok = False
+                _line(False, f"{pip_name}: {type(e).__name__}: {e}  ({why}; pip install {pip_name})")
+            else:
+                print(f"[--]   {pip_name} not installed: needed only for {why} (pip install -r requirements.txt)")
     try:
         dev = get_device()
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine()

@@ -181,6 +181,11 @@ def course_relative(path: str | Path) -> str:
         return str(path)
 
 
+def course_path(recorded: str) -> Path:
+    """The inverse of course_relative: a recorded path, resolved against COURSE_HOME when relative."""
+    return COURSE_HOME / recorded
+
+
 def text_sha256(text: str) -> str:
     """The sha256 of a text's UTF-8 bytes: which corpus a checkpoint was trained on."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
@@ -238,7 +243,7 @@ def prepare_tokenizer(train_text: str, vocab_size: int, cache_dir: str | Path | 
     Under torchrun, process 0 trains and caches it first; the others then load it (device.rank_zero_first).
     A cached file that cannot be read (truncated, edited) is trained again, with a word about it.
     """
-    key = hashlib.sha256(train_text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    key = text_sha256(train_text)[:16]
     path = Path(cache_dir) / f"tokenizer-{vocab_size}-{key}.json" if cache_dir is not None else None
 
     def load_or_train() -> BPETokenizer:

@@ -43,7 +43,10 @@ def demo_tokenizer(train_text: str, val_text: str, vocab_size: int):
     return tok
 
 
-def demo_train(text: str, tok, *, quick: bool, why: str = f"no checkpoint in {CHECKPOINTS.name}/ yet"):
+NO_CHECKPOINT = f"no checkpoint in {CHECKPOINTS.name}/ yet"   # why demo_train runs, by default
+
+
+def demo_train(text: str, tok, *, quick: bool, why: str = NO_CHECKPOINT):
     """A tiny MDLM trained here for a minute or two on a laptop CPU (seconds in quick mode). why: printed,
     the reason no shipped checkpoint is used.
 
@@ -101,8 +104,7 @@ def run_demo(quick: bool = False, live: bool | None = None, use_checkpoint: bool
             text = text[:400_000]   # quick mode: a slice of the corpus
         train_text, val_text = split_text(text)
         tok = demo_tokenizer(train_text, val_text, 512 if quick else 1024)
-        why = f"no checkpoint in {CHECKPOINTS.name}/ yet" if use_checkpoint else "use_checkpoint=False"
-        model = demo_train(text, tok, quick=quick, why=why)
+        model = demo_train(text, tok, quick=quick, why=NO_CHECKPOINT if use_checkpoint else "use_checkpoint=False")
         seq_len = model.config.seq_len
     window = want_window(live) if window is None else window
     print(f"== 3. Sampling: ancestral sampler, {seq_len} tokens, from all-[MASK] ({MASK_GLYPH}) to text", flush=True)

@@ -38,8 +38,9 @@ import torch
 
 from .ar import ar_sample, next_token_nll
 from .checkpoint import CheckpointError, load_pretrained
-from .config import COURSE_HOME, OBJECTIVES, check_number
-from .data import DEFAULT_CORPUS, check_long_enough, fixed_windows, load_text, split_text, text_sha256
+from .config import OBJECTIVES, check_number
+from .data import (DEFAULT_CORPUS, check_long_enough, course_path, fixed_windows, load_text, split_text,
+                   text_sha256)
 from .device import autocast
 from .diffusion import get_schedule, masked_nll, prior_term, q_sample
 from .errors import MdlmError
@@ -249,7 +250,7 @@ def _scored_text(data_path, meta: dict, say) -> tuple[str, Path]:
     (meta.json's "data", relative to COURSE_HOME), else the Shakespeare corpus."""
     source = meta.get("data") or {}
     if data_path is None and source.get("path"):
-        data_path = COURSE_HOME / source["path"]
+        data_path = course_path(source["path"])
         if not data_path.is_file():
             raise CheckpointError(f"{data_path}: the text this checkpoint was trained on is not there; "
                                   "pass --data FILE to score it on another text")

@@ -103,7 +103,6 @@ def train(model: nn.Module, config: TrainConfig, data: TokenData, *, tokenizer=N
     try:
         run = _start(model, config, data, tokenizer, mask_id, out_dir, resume, stop_at, rank, device, world_size,
                      progress)
-        run.data_source = getattr(data, "source", None)
         return _loop(run, config, data, tokenizer, mask_id, out_dir, stop_at, rank, device, world_size, progress)
     finally:
         if initialised_here:
@@ -184,7 +183,8 @@ def _start(model, cfg, data, tokenizer, mask_id, out_dir, resume, stop_at, rank,
     if world_size > 1:
         fwd = nn.parallel.DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda" else None)
     return _Run(raw, fwd, optimizer, scaler, ema_model, amp_dtype,
-                _loss_fn(fwd, cfg, mask_id, device, amp_dtype), step, history)
+                _loss_fn(fwd, cfg, mask_id, device, amp_dtype), step, history,
+                data_source=getattr(data, "source", None))
 
 
 def _choose_dtype(raw, cfg, data, mask_id, device, say) -> torch.dtype | None:
