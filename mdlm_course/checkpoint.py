@@ -20,7 +20,9 @@ Writing is atomic at the level of the directory:
     3. fsync the run directory so the rename itself survives a power cut;
     4. retire the directories that are neither the latest nor the best: rename to `.trash-...`, then delete.
 A process killed at any moment leaves only complete `step-*` directories (plus hidden leftovers that are
-ignored and cleaned up next time). Loading re-checks each file's size and sha256 against meta.json, and
+ignored and cleaned up next time). While a training writes into a run directory it holds `.lock` there
+(run_lock: its process id and command), so a second training into the same folder is refused; a lock whose
+process is gone (a killed run) is taken over. Loading re-checks each file's size and sha256 against meta.json, and
 meta.json against its own meta_sha256, so a file truncated or altered later (a full disk, a bad copy, a
 hand edit) gives a one-line CheckpointError. So does a meta.json whose fields have the wrong type
 (check_meta: a small schema), or weights that hold NaN or inf.
@@ -35,12 +37,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import random
 import re
 import shutil
+import socket
 import sys
 import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -50,6 +57,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import COURSE_HOME, RESUMABLE_CHANGES, TrainConfig
+from .device import get_device
 from .errors import MdlmError
 from .fileio import atomic_write_text
 from .model import MDLM, ModelConfig, unwrap
@@ -211,6 +219,8 @@ def save_checkpoint(run_dir: str | Path, *, model: torch.nn.Module, step: int, t
     data: {"path", "sha256"} of the training text (TokenData.source), the default text of `eval`.
     keep=True: afterwards delete every checkpoint that is neither the latest nor the best.
     """
+    _check_save_args(run_dir, model, step, metrics, history, optimizer=optimizer, ema_model=ema_model,
+                     tokenizer=tokenizer)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
@@ -218,12 +228,49 @@ def save_checkpoint(run_dir: str | Path, *, model: torch.nn.Module, step: int, t
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    try:
+        final = _write_checkpoint(tmp, run_dir / name, model=model, step=step, train_config=train_config,
+                                  tokenizer=tokenizer, optimizer=optimizer, scaler=scaler, ema_model=ema_model,
+                                  metrics=metrics, history=history, data=data)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)                      # never a .tmp-step left behind
+        raise
+    _fsync_dir(run_dir)
+    if keep:
+        prune(run_dir)
+    return final
 
+
+def _check_save_args(run_dir, model, step, metrics, history, *, optimizer, ema_model, tokenizer) -> None:
+    """save_checkpoint's door: a folder's path, a model with a config, a step int >= 0, finite metrics, a history
+    of lists, and an optimizer, EMA model and tokenizer of the right kind (or None)."""
+    for name, value, kind, want in (("optimizer", optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer"),
+                                    ("ema_model", ema_model, torch.nn.Module, "an nn.Module (the EMA weights)"),
+                                    ("tokenizer", tokenizer, BPETokenizer, "a BPETokenizer")):
+        if value is not None and not isinstance(value, kind) and not (name == "tokenizer" and hasattr(value, "save")):
+            raise MdlmError(f"save_checkpoint: {name} must be {want} or None, got {type(value).__name__}")
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise MdlmError(f"save_checkpoint: run_dir must be a folder's path (str or Path), got {type(run_dir).__name__}")
+    if not isinstance(model, torch.nn.Module) or not hasattr(unwrap(model), "config"):
+        raise MdlmError(f"save_checkpoint needs model=an MDLM (a module with a .config), got {type(model).__name__}")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise MdlmError(f"save_checkpoint: step must be an int >= 0 (the optimizer steps done), got {step!r}")
+    if metrics is not None and not (isinstance(metrics, dict) and all(
+            isinstance(k, str) and (v is None or (_is_number(v) and math.isfinite(v))) for k, v in metrics.items())):
+        raise MdlmError(f"save_checkpoint: metrics must be a dict of finite numbers (or None values), e.g. "
+                        f"{{'val_nelbo': 5.1}}, got {_short(metrics)}")
+    if history is not None and not (isinstance(history, dict) and all(isinstance(v, list) for v in history.values())):
+        raise MdlmError(f"save_checkpoint: history must be a dict of lists (TrainResult.history) or None, "
+                        f"got {_short(history)}")
+
+
+def _write_checkpoint(tmp: Path, final: Path, *, model, step, train_config, tokenizer, optimizer, scaler, ema_model,
+                      metrics, history, data) -> Path:
+    """save_checkpoint's steps 1-2: every file into tmp, fsynced, then tmp renamed to final."""
     raw = unwrap(model)
     weights = state_dict_for_saving(raw)
     for k, v in weights.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
-            shutil.rmtree(tmp)
             raise FloatingPointError(f"refusing to save step {step}: weight {k!r} holds NaN or inf")
     save_file(weights, tmp / MODEL_FILE, metadata={"format": FORMAT})
 
@@ -267,13 +314,9 @@ def save_checkpoint(run_dir: str | Path, *, model: torch.nn.Module, step: int, t
     _write_json(tmp / META_FILE, meta)   # the manifest, written last
     _fsync_dir(tmp)
 
-    final = run_dir / name
     if final.exists():   # a stale directory of the same step (from a run that was resumed from an earlier one)
         _retire(final)
     os.rename(tmp, final)
-    _fsync_dir(run_dir)
-    if keep:
-        prune(run_dir)
     return final
 
 
@@ -290,6 +333,139 @@ def check_writable(folder: str | Path) -> None:
         reason = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
         raise CheckpointError(f"{folder}: cannot write there ({reason}); choose another folder (--out, "
                               "--cache-dir)") from None
+
+
+LOCK_FILE = ".lock"   # in a run directory while a training writes there (run_lock)
+_HELD: dict[str, int] = {}   # the locks this process holds -> the thread that holds each
+_HELD_GUARD = threading.Lock()
+
+
+def _lock_owner(lock: Path) -> dict | None:
+    """The owner recorded in a lock file ({pid, host, started, command}); None if there is no lock, {} if it
+    cannot be read (then it is stale: a lock is written whole)."""
+    try:
+        owner = json.loads(lock.read_text(encoding="utf-8"))
+        return owner if isinstance(owner, dict) and _is_int(owner.get("pid")) else {}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True   # another user's process: alive
+    return True
+
+
+def _create_exclusively(src: Path, dst: Path) -> None:
+    """dst with src's content, or FileExistsError if dst exists: a hard link (whole at once), else O_EXCL."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise
+    except OSError:                                                 # a file system without hard links
+        fd = os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        with os.fdopen(fd, "wb") as f:
+            f.write(src.read_bytes())
+
+
+@contextmanager
+def run_lock(run_dir: str | Path):
+    """Hold run_dir/.lock while a training writes checkpoints there, so that two trainings can never share a run
+    directory (each would prune or overwrite the other's checkpoints). A second one gets a one-line
+    CheckpointError naming the first (another thread of this process too); a lock left by a process that no
+    longer runs (killed) is taken over with a warning. Re-entrant within one thread (train_on_text takes it,
+    then train() again)."""
+    run_dir = Path(run_dir)
+    check_writable(run_dir)
+    lock = run_dir / LOCK_FILE
+    key = str(lock.resolve())
+    if _HELD.get(key) == threading.get_ident():
+        yield lock                                                  # this thread holds it already (nested)
+        return
+    with _HELD_GUARD:                                               # one thread of this process at a time
+        _acquire(run_dir, lock, key)
+        _HELD[key] = threading.get_ident()
+    try:
+        yield lock
+    finally:
+        with _HELD_GUARD:
+            del _HELD[key]
+            if (_lock_owner(lock) or {}).get("pid") == os.getpid():
+                lock.unlink()
+
+
+def _acquire(run_dir: Path, lock: Path, key: str) -> None:
+    """Create the lock file with this process's id, taking over a stale one; CheckpointError if it is held."""
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(3):
+        owner = _lock_owner(lock)
+        if owner is not None:
+            if not owner:
+                alive = False                                       # unreadable: a lock is written whole
+            elif owner.get("pid") == me["pid"] and owner.get("host") == me["host"]:
+                alive = key in _HELD                                # another thread of this process
+            else:
+                alive = owner.get("host") != me["host"] or _process_alive(owner["pid"])
+            if alive:
+                raise CheckpointError(
+                    f"{run_dir} is in use by another training (process {owner.get('pid')} on {owner.get('host')}, "
+                    f"started {owner.get('started', '?')}: {str(owner.get('command', '?'))[:120]}); wait for it to "
+                    f"finish or choose another --out (if that run is over, delete {lock})")
+            print(f"warning: {lock}: taking over the lock of process {owner.get('pid')}, which no longer runs",
+                  file=sys.stderr)
+            try:
+                os.rename(lock, run_dir / f".lock-stale-{os.getpid()}")
+                os.unlink(run_dir / f".lock-stale-{os.getpid()}")
+            except FileNotFoundError:
+                pass                                                # another process took it over first
+        tmp = run_dir / f".lock-new-{os.getpid()}"
+        by_cli = bool(sys.argv) and sys.argv[0].endswith("__main__.py")   # python -m mdlm_course ...
+        command = " ".join(["python -m mdlm_course", *sys.argv[1:]] if by_cli else sys.argv)
+        tmp.write_text(json.dumps({**me, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command[:200]}),
+                       encoding="utf-8")
+        try:
+            _create_exclusively(tmp, lock)                          # atomic: fails if a lock exists
+            return
+        except FileExistsError:
+            continue
+        finally:
+            tmp.unlink()
+    raise CheckpointError(f"{run_dir}: could not take the lock {lock}; choose another --out")
+
+
+def check_not_in_checkpoint(out: str | Path) -> None:
+    """A CheckpointError when `out` is a checkpoint folder or lies inside one: a run written there would sit
+    inside another checkpoint, and pruning one would delete the other."""
+    out = Path(out).resolve()
+    for folder in (out, *out.parents):
+        if (folder / META_FILE).is_file() and (folder / MODEL_FILE).is_file():
+            raise CheckpointError(f"{out}: inside the checkpoint folder {folder}; choose an --out outside every "
+                                  "checkpoint (e.g. runs/NAME)")
+
+
+def check_has_optimizer(ckpt: str | Path, meta: dict) -> None:
+    """A CheckpointError when a checkpoint cannot be resumed: an exported one holds no optimizer state, and
+    continuing it with a fresh optimizer would not continue the run."""
+    if meta.get("optimizer") is None:
+        raise CheckpointError(f"cannot resume from {ckpt}: it holds no optimizer state (an exported checkpoint, for "
+                              f"sampling); start a new run from its weights: --init-from {ckpt} --out NEW_DIR")
+
+
+def check_same_data(ckpt: str | Path, saved: dict | None, now: dict | None) -> None:
+    """A CheckpointError when a run is resumed on another text than the one it was trained on (by sha256)."""
+    if not (isinstance(saved, dict) and isinstance(now, dict) and saved.get("sha256") and now.get("sha256")):
+        return                                                      # not recorded (older checkpoints): unknown
+    if saved["sha256"] != now["sha256"]:
+        raise CheckpointError(f"cannot resume from {ckpt}: it was trained on {saved.get('path')}, but --data "
+                              f"{now.get('path')} is another text (its sha256 differs); resume with --data "
+                              f"{saved.get('path')}, or train on the new text in a new --out (--init-from to "
+                              "start from these weights)")
 
 
 def save_checkpoint_safely(run_dir: str | Path, **kwargs) -> Path:
@@ -332,7 +508,8 @@ def _val_nelbo(ckpt: Path) -> float:
     try:
         metrics = json.loads((ckpt / META_FILE).read_text())["metrics"]
         value = metrics.get("val_nelbo", metrics.get("val_nll"))     # an MDLM's NELBO, an AR twin's NLL
-        return float("inf") if value is None else float(value)
+        value = float("inf") if value is None else float(value)
+        return value if math.isfinite(value) else float("inf")      # a NaN metric is never the best
     except (OSError, ValueError, KeyError, AttributeError, TypeError, RecursionError):
         return float("inf")   # an unreadable meta.json is never the best; loading it says what is wrong
 
@@ -357,6 +534,8 @@ def prune(run_dir: str | Path) -> None:
 
 def find_checkpoint(path: str | Path, which: str = "best") -> Path:
     """A checkpoint directory: `path` itself if it holds meta.json, else the run's "best" or "latest"."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"a checkpoint path must be a str or Path, got {type(path).__name__} {_short(path)}")
     path = Path(path)
     if which not in ("best", "latest"):
         raise MdlmError(f"which must be 'best' or 'latest', got {which!r}")
@@ -365,6 +544,9 @@ def find_checkpoint(path: str | Path, which: str = "best") -> Path:
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint or run directory; train one with "
                               "`python -m mdlm_course train --out DIR` or check the path")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: a file, not a checkpoint; give its folder (a step-* directory or a run "
+                              "directory)")
     ckpts = list_checkpoints(path)
     if not ckpts:
         raise CheckpointError(f"{path}: no checkpoint in this directory (no step-*/meta.json); "
@@ -408,6 +590,8 @@ def read_meta(ckpt: str | Path, *, verify: bool = True) -> dict:
         path = ckpt / fname
         if not path.is_file():
             raise CheckpointError(f"{path}: missing from the checkpoint; it is incomplete, use another one")
+        if not os.access(path, os.R_OK):
+            raise CheckpointError(f"{path}: cannot be read (permission denied); fix its permissions (chmod u+r)")
         size = path.stat().st_size
         if size != info["bytes"]:
             raise CheckpointError(f"{path}: truncated or altered ({size} bytes, expected {info['bytes']}); "
@@ -416,6 +600,10 @@ def read_meta(ckpt: str | Path, *, verify: bool = True) -> dict:
             raise CheckpointError(f"{path}: corrupt (sha256 differs from {META_FILE}); use another checkpoint")
     if MODEL_FILE not in meta["files"]:
         raise CheckpointError(f"{meta_path}: lists no {MODEL_FILE}; the checkpoint is incomplete")
+    folder = STEP_DIR.match(ckpt.name)
+    if folder and int(folder.group(1)) != meta["step"]:
+        raise CheckpointError(f"{meta_path}: says step {meta['step']} inside the folder {ckpt.name}; the checkpoint "
+                              "was edited or moved, use another one")
     return meta
 
 
@@ -453,8 +641,8 @@ _META_SCHEMA = {
     "step": ("an int >= 0", lambda x: _is_int(x, 0)),
     "model_config": ("an object of ModelConfig fields", lambda x: isinstance(x, dict)),
     "train_config": ("an object or null", _is_dict_or_none),
-    "metrics": ("an object of numbers", lambda x: isinstance(x, dict) and all(
-        v is None or _is_number(v) for v in x.values())),
+    "metrics": ("an object of finite numbers", lambda x: isinstance(x, dict) and all(
+        v is None or (_is_number(v) and math.isfinite(v)) for v in x.values())),
     "has_ema": ("true or false", lambda x: isinstance(x, bool)),
     "optimizer": ("null or an object with param_groups (a list) and scalars (an object)", lambda x: x is None or (
         isinstance(x, dict) and isinstance(x.get("param_groups"), list) and isinstance(x.get("scalars"), dict))),
@@ -513,6 +701,34 @@ def check_meta(meta: dict, where: str | Path = META_FILE) -> None:
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: field \"model_config\" does not make a ModelConfig "
                               f"({str(e).splitlines()[0]}); the checkpoint is damaged or was edited") from None
+    _check_meta_extras(meta, where)
+
+
+def _check_meta_extras(meta: dict, where) -> None:
+    """check_meta's fields beyond the schema: "data" (optional), the history's list lengths, train_config."""
+    def bad(field: str, want: str, got) -> CheckpointError:
+        return CheckpointError(f"{where}: field \"{field}\" must be {want}, got {_short(got)}; the checkpoint is "
+                               "damaged or was edited, use another one")
+
+    data = meta.get("data")
+    if data is not None and not (isinstance(data, dict) and isinstance(data.get("path"), str)
+                                 and isinstance(data.get("sha256"), str)):
+        raise bad("data", "null or {path: str, sha256: str}", data)
+    history = meta["history"] or {}
+    for group in (("step", "loss", "lr", "grad_norm", "tokens_per_s"), ("val_step", "val_nelbo", "val_nll", "val_bpb")):
+        lengths = {k: len(history[k]) for k in group if k in history}
+        if len(set(lengths.values())) > 1:
+            raise bad("history", "lists of one length per group", lengths)
+    if meta["train_config"] is not None:                           # its known fields (resuming refuses others)
+        known = {f.name for f in fields(TrainConfig)} | {"antithetic"}
+        try:
+            objective = TrainConfig.from_dict({k: v for k, v in meta["train_config"].items() if k in known}).objective
+        except (MdlmError, TypeError) as e:
+            raise CheckpointError(f"{where}: field \"train_config\" does not make a TrainConfig "
+                                  f"({str(e).splitlines()[0]}); the checkpoint is damaged or was edited") from None
+        causal = meta["model_config"].get("causal", False) if isinstance(meta["model_config"], dict) else None
+        if causal is not (objective == "ar"):                       # the AR twin is causal, an MDLM is not
+            raise bad("model_config.causal", f"{objective == 'ar'} for a run of objective {objective!r}", causal)
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -541,7 +757,12 @@ class Checkpoint:
     def ema_state(self) -> dict[str, torch.Tensor] | None:
         if not self.meta.get("has_ema"):
             return None
-        return {k[len("ema/"):]: v for k, v in self.state.items() if k.startswith("ema/")}
+        ema = {k[len("ema/"):]: v for k, v in self.state.items() if k.startswith("ema/")}
+        if not ema:
+            raise CheckpointError(f"{self.path}: meta.json says has_ema but {STATE_FILE} holds no EMA weights; the "
+                                  "checkpoint is damaged or was edited (load_pretrained(path, ema=False) reads the "
+                                  "raw weights)")
+        return ema
 
     def restore_rng(self) -> None:
         set_rng_state({k: v for k, v in self.state.items() if k.startswith("rng/")}, self.meta["rng"])
@@ -628,6 +849,8 @@ def load_pretrained(path: str | Path | None = None, *, which: str = "best", devi
     Uses the EMA weights when the checkpoint has them (ema=False: the raw weights). The tokenizer is
     None when the run had none (synthetic data). Weights stored in bf16 are loaded as float32.
     """
+    if device is not None:
+        device = get_device(str(device))                            # an unknown or absent device: one line
     if path is None:
         path = find_shipped_checkpoint()
         if path is None:
@@ -648,7 +871,14 @@ def load_pretrained(path: str | Path | None = None, *, which: str = "best", devi
 
 def export_for_shipping(src: str | Path, dst: str | Path, *, which: str = "best") -> Path:
     """Copy a checkpoint's weights (its EMA weights when it has them), tokenizer, configs, metrics and history
-    into dst/step-N/, without the optimizer state: what ships in checkpoints/. Returns the new directory."""
+    into dst/step-N/, without the optimizer state: what ships in checkpoints/. Returns the new directory.
+    dst must hold no checkpoint yet (exporting into a run would replace or prune the run's own)."""
+    if not isinstance(dst, (str, os.PathLike)):
+        raise CheckpointError(f"dst must be a folder's path (str or Path), got {type(dst).__name__}")
+    check_not_in_checkpoint(dst)
+    if list_checkpoints(dst):
+        raise CheckpointError(f"{dst}: already holds checkpoints ({list_checkpoints(dst)[-1].name}); export into a "
+                              "new folder, so that none of them is replaced or pruned")
     ck = load_checkpoint(src, which)
     model = MDLM(ModelConfig(**ck.meta["model_config"]))
     weights = ck.ema_state() if ck.meta.get("has_ema") else ck.model_state
@@ -658,13 +888,20 @@ def export_for_shipping(src: str | Path, dst: str | Path, *, which: str = "best"
                            data=ck.meta.get("data"))
 
 
-def check_resumable(ck: "Checkpoint", model: torch.nn.Module, config: TrainConfig, tokenizer) -> None:
-    """One-line CheckpointErrors when the run being resumed is not the one in the checkpoint."""
+def check_resumable(ck: "Checkpoint", model: torch.nn.Module, config: TrainConfig, tokenizer, *,
+                    data: dict | None = None) -> None:
+    """One-line CheckpointErrors when the run being resumed is not the one in the checkpoint (data: the text's
+    {path, sha256}, which must match the one recorded)."""
+    check_same_data(ck.path, ck.meta.get("data"), data)
     defaults = {f.name: f.default for f in fields(ModelConfig)}   # a field added since the save: its default
     saved, now = {**defaults, **ck.meta["model_config"]}, unwrap(model).config.to_dict()
     _refuse_differences(ck.path, "model config", saved, now, set(saved) | set(now),
                         "use the same model settings or a new output directory")
-    saved_t, now_t = asdict(TrainConfig.from_dict(ck.meta.get("train_config") or {})), config.to_dict()
+    try:
+        saved_t = asdict(TrainConfig.from_dict(ck.meta.get("train_config") or {}))
+    except MdlmError as e:                                          # a field this version does not know
+        raise CheckpointError(f"cannot resume from {ck.path}: {e}") from None
+    now_t = config.to_dict()
     _refuse_differences(ck.path, "train config", saved_t, now_t, set(now_t) - RESUMABLE_CHANGES,
                         f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume")
     saved_tok = ck.tokenizer()

@@ -91,8 +91,8 @@ def cmd_demo(args) -> int:
 def cmd_train(args) -> int:
     """Train the preset's model on a text file; checkpoints go to --out (pipeline.train_on_text)."""
     overrides = {k: v for k, v in (("max_steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                                   ("dtype", args.dtype), ("device", args.device), ("seed", args.seed),
-                                   ("objective", args.objective), ("init_from", args.init_from),
+                                   ("min_lr", args.min_lr), ("dtype", args.dtype), ("device", args.device),
+                                   ("seed", args.seed), ("objective", args.objective), ("init_from", args.init_from),
                                    ("compile", args.compile)) if v is not None}
     result = train_on_text(args.data, preset=args.preset, out=args.out, train_overrides=overrides,
                            tokenizer_path=args.tokenizer, vocab_size=args.vocab_size,
@@ -133,7 +133,7 @@ def cmd_eval(args) -> int:
     """Validation NELBO (or the AR twin's NLL) with its standard error, and sample quality (evaluate.py)."""
     evaluate_checkpoint(args.checkpoint, data_path=args.data, windows=args.windows, passes=args.passes,
                         samples=args.samples, steps=args.steps, method=args.method, block_length=args.block_length,
-                        judge=args.judge, seed=args.seed)
+                        judge=args.judge, compare=args.compare, seed=args.seed)
     return 0
 
 
@@ -162,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, help="vocabulary of a newly trained tokenizer (default: the preset's)")
     p.add_argument("--cache-dir", help="where encoded ids and tokenizers are cached (default data/cache)")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=float, help="peak learning rate (the preset's by default)")
+    p.add_argument("--min-lr", type=float, help="where the cosine ends (default: the preset's, scaled down with "
+                   "--lr when --lr is below it)")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
     p.add_argument("--device", help="cuda, cpu or mps (default: the best available)")
@@ -179,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["ancestral", "first_hitting", "confidence"], default="ancestral")
     p.add_argument("--block-length", type=int, help="semi-autoregressive blocks of this many tokens, left to "
                    "right, --steps each (1: the MDLM writes left to right; an approximation, chapter 6)")
-    p.add_argument("--judge", help="an AR twin's checkpoint: the generative perplexity of the samples")
+    p.add_argument("--judge", help="an AR twin's checkpoint: the generative perplexity of the samples (and of real text)")
+    p.add_argument("--compare", help="another checkpoint (same tokenizer and window length) scored on the same "
+                   "windows: the paired difference and ratio in bits/byte, with their standard errors")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("visualize", help="watch a checkpoint denoise in a window (pygame), or --record a GIF")
@@ -199,6 +203,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:                                         # `... | head`: the reader left; exit quietly
+        _silence_stdout()
+        return 141                                                  # 128 + SIGPIPE, as Unix tools exit
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        if args.debug:
+            raise
+        print(f"error: out of memory ({type(e).__name__}); use a smaller --batch-size, --num or --seq-len",
+              file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if args.debug or "can't allocate memory" not in str(e):
+            raise
+        print(f"error: out of memory ({str(e).splitlines()[0][:120]}); use a smaller --batch-size, --num or "
+              "--seq-len", file=sys.stderr)
+        return 2
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
@@ -213,3 +232,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's own flush at exit does not report the broken pipe again."""
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass                                                        # stdout is not a file (a test's capture)

@@ -44,6 +44,7 @@ def _course_home() -> Path:
 
 
 COURSE_HOME = _course_home()
+MAX_SEQ_LEN = 1 << 20       # positions: far beyond the course's 512, below where the RoPE tables exhaust memory
 OBJECTIVES = ("mdlm", "ar")   # the MDLM's NELBO, or the AR twin's next-token cross-entropy (ar.py)
 
 
@@ -115,6 +116,9 @@ class ModelConfig(_Config):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MdlmError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+        if self.seq_len > MAX_SEQ_LEN:                              # the RoPE tables alone would not fit in memory
+            raise MdlmError(f"ModelConfig.seq_len must be at most {MAX_SEQ_LEN:,}, got {self.seq_len:,}")
+        check_number("ModelConfig", "dropout", self.dropout, lo=0, hi=1, hi_open=True)
         for name in ("tie_embeddings", "time_conditioning", "causal", "output_shift"):
             if not isinstance(getattr(self, name), bool):
                 raise MdlmError(f"ModelConfig.{name} must be True or False, got {getattr(self, name)!r}")
@@ -196,8 +200,9 @@ class TrainConfig(_Config):
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_windows", "eval_t_per_window",
                      "log_interval"):
             check(name, integer=True, lo=1)
-        for name in ("warmup_steps", "ckpt_interval", "seed"):
+        for name in ("warmup_steps", "ckpt_interval"):
             check(name, integer=True, lo=0)
+        check("seed", integer=True, lo=0, hi=2**63 - 1)           # what torch.manual_seed takes
         check("lr", lo=0, lo_open=True, hi=10)
         check("min_lr", lo=0, hi=self.lr)
         check("weight_decay", lo=0)
@@ -213,6 +218,11 @@ class TrainConfig(_Config):
         for name in ("stratified", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise MdlmError(f"TrainConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.device is not None and not isinstance(self.device, str):
+            raise MdlmError(f"TrainConfig.device must be a name like 'cuda', 'cpu' or 'mps', or None, got "
+                            f"{self.device!r}")
+        if self.init_from is not None and not isinstance(self.init_from, (str, os.PathLike)):
+            raise MdlmError(f"TrainConfig.init_from must be a checkpoint's path or None, got {self.init_from!r}")
         get_schedule(self.schedule)   # raises for an unknown name
 
     @classmethod
@@ -225,6 +235,10 @@ class TrainConfig(_Config):
                           "sampling, not antithetic); read as such", DeprecationWarning, stacklevel=2)
             saved.setdefault("stratified", saved.pop("antithetic"))
             saved.pop("antithetic", None)
+        unknown = sorted(set(saved) - {f.name for f in fields(cls)})
+        if unknown:
+            raise MdlmError(f"train_config has unknown fields {unknown}: the checkpoint is from another version of "
+                            "mdlm_course, or was edited")
         return cls(**saved)
 
 

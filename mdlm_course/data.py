@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import COURSE_HOME
+from .config import COURSE_HOME, check_number
 from .device import rank_zero_first
 from .errors import MdlmError
 from .fileio import atomic_path, file_problem
@@ -41,6 +42,8 @@ def load_text(path: str | Path, *, min_chars: int = 1) -> str:
     Raises DataError for a missing file, an empty file, a binary file (a NUL byte) or bytes that are
     not UTF-8, naming the byte offset of the first bad byte. A leading BOM is dropped.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise DataError(f"the text's path must be a str or Path, got {type(path).__name__} {path!r}")
     path = Path(path)
     problem = file_problem(path)
     if problem is not None:
@@ -207,6 +210,7 @@ def fixed_windows(ids, seq_len: int, n: int):
     Deterministic, for validation. Non-overlapping when the stream holds n windows; if it holds fewer,
     n' = the number of whole windows that fit (at least 1).  fixed_windows(torch.arange(9), 3, 2) -> [[0,1,2],[6,7,8]]
     """
+    check_number("fixed_windows", "n", n, integer=True, lo=1)
     check_long_enough(len(ids), seq_len, "the validation split")
     n = max(1, min(n, len(ids) // seq_len))
     last = len(ids) - seq_len

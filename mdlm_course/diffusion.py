@@ -52,6 +52,7 @@ Symbols: B samples, L positions per sequence, V vocabulary size (MASK included),
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, NamedTuple
 
 import torch
@@ -59,6 +60,7 @@ import torch
 from .errors import MdlmError
 
 EPS = 1e-3  # alpha_1 = EPS: even at t = 1 a token survives with probability 1e-3
+MAX_T = 10**7  # discrete_elbo's T: beyond this k/T and (k-1)/T round to the same float32
 T_MIN = 1e-3  # sampled times lie in [T_MIN, 1]: caps the weight (1/t <= 1000) at a bias of order T_MIN
 NEG_INF = -1e9  # "log 0" in SUBS log-probs: exp() of it is exactly 0 in float32, yet 0 * it is 0, not nan
 
@@ -71,6 +73,9 @@ class Schedule:
     name = "base"
 
     def __init__(self, eps: float = EPS):
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1:
+            raise MdlmError(f"{type(self).__name__}: eps (alpha_1, what survives at t = 1) must be a number in "
+                            f"[0, 1), e.g. {EPS}; got {eps!r}")
         self.eps = eps                                              # alpha_1 = eps for the built-in schedules
 
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
@@ -155,6 +160,9 @@ def get_schedule(schedule: Schedule | str | None = None) -> Schedule:
         if schedule not in SCHEDULES:
             raise MdlmError(f"unknown schedule {schedule!r}; choose from {sorted(SCHEDULES)}")
         return SCHEDULES[schedule]()
+    if not all(callable(getattr(schedule, name, None)) for name in ("alpha", "dalpha", "weight", "alpha_inverse")):
+        raise MdlmError(f"schedule must be a name from {sorted(SCHEDULES)}, a Schedule or None, got "
+                        f"{type(schedule).__name__} {schedule!r}")
     return schedule
 
 
@@ -182,6 +190,12 @@ def check_tokens(x: torch.Tensor, name: str) -> torch.Tensor:
     return x.long()
 
 
+def check_mask_id(mask_id) -> None:
+    """mask_id must be a non-negative int (checked against the vocabulary where the model is known)."""
+    if isinstance(mask_id, bool) or not isinstance(mask_id, numbers.Integral) or mask_id < 0:
+        raise MdlmError(f"mask_id must be an int >= 0 (the tokenizer's mask_id), got {mask_id!r}")
+
+
 def _per_row(t, B: int, device) -> torch.Tensor:
     """t as a float tensor of shape (B,): a float or a 0-d tensor is broadcast."""
     t = _as_float(t).to(device)
@@ -201,9 +215,19 @@ def q_sample(x0: torch.Tensor, t, mask_id: int, schedule: Schedule | str | None 
     iff u < 1 - alpha_t, so samples at increasing t drawn from one seed are nested (masks only grow).
     """
     x0 = check_tokens(x0, "x0")
-    schedule = get_schedule(schedule)
+    check_mask_id(mask_id)
+    t = _per_row(t, x0.shape[0], x0.device)                         # (B,)
+    bad = ~((t >= 0) & (t <= 1))                                    # NaN is bad too
+    if bool(bad.any()):
+        raise MdlmError(f"t must lie in [0, 1] (0: nothing masked, 1: all but eps), got {t[bad][0].item()}")
+    return _q_sample(x0, t, mask_id, get_schedule(schedule), generator)
+
+
+def _q_sample(x0: torch.Tensor, t: torch.Tensor, mask_id: int, schedule: Schedule,
+              generator: torch.Generator | None) -> torch.Tensor:
+    """q_sample without the checks (the training loss calls it every step: no GPU sync for them)."""
     B, L = x0.shape
-    alpha_t = schedule.alpha(_per_row(t, B, x0.device))            # (B,)
+    alpha_t = schedule.alpha(t)                                     # (B,)
     u = uniform((B, L), generator, x0.device)                         # (B, L)
     is_masked = u < (1 - alpha_t)[:, None]                          # (B, L)
     return torch.where(is_masked, torch.full_like(x0, mask_id), x0)
@@ -220,6 +244,8 @@ def q_step(xs: torch.Tensor, s, t, mask_id: int, schedule: Schedule | str | None
     schedule = get_schedule(schedule)
     B, L = xs.shape
     s, t = _per_row(s, B, xs.device), _per_row(t, B, xs.device)
+    if not bool(((s >= 0) & (t <= 1)).all()):                       # NaN fails too
+        raise MdlmError("q_step needs 0 <= s <= t <= 1 (times of the forward process)")
     if (s > t).any():
         raise MdlmError("q_step needs s <= t: the forward process only adds masks")
     p_mask = 1 - schedule.alpha(t) / schedule.alpha(s)             # (B,)
@@ -270,7 +296,7 @@ def forbid_mask(logits: torch.Tensor, mask_id: int, dtype: torch.dtype = torch.f
     if isinstance(mask_id, bool) or not isinstance(mask_id, int) or not 0 <= mask_id < V:
         raise MdlmError(f"mask_id={mask_id!r} is not a valid index into the vocabulary of size {V}")
     index = torch.tensor([mask_id], device=logits.device)
-    return logits.to(dtype).index_fill(-1, index, NEG_INF)          # (..., V): "log 0" for MASK, one fused pass
+    return logits.to(dtype).index_fill(-1, index, NEG_INF)          # (..., V): a cast, then "log 0" for MASK
 
 
 def subs_log_probs(logits: torch.Tensor, xt: torch.Tensor, mask_id: int) -> torch.Tensor:
@@ -295,8 +321,9 @@ def masked_nll(logits: torch.Tensor, xt: torch.Tensor, x0: torch.Tensor, mask_id
 
     Equal to -subs_log_probs(logits, xt, mask_id).gather(-1, x0[..., None])[..., 0] (tested), without
     building the (B, L, V) carry-over tensor: at a visible position x_t = x_0, so SUBS gives log 1 = 0;
-    at a masked one it is the cross-entropy of the logits with the MASK column at "log 0". One fused
-    cast-and-bias (B, L, V) float32 tensor and F.cross_entropy: the training loss's memory traffic.
+    at a masked one it is the cross-entropy of the logits with the MASK column at "log 0". forbid_mask
+    casts the logits to float32 (.to, a no-op if they already are) and index_fill writes "log 0" into a
+    float32 copy; then F.cross_entropy: the training loss's memory traffic.
     """
     logits = forbid_mask(logits, mask_id)                           # (B, L, V) float32, SUBS rule 1
     nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x0.flatten(), reduction="none")   # (B L,)
@@ -311,6 +338,10 @@ def prior_term(model: Model, x0: torch.Tensor, *, mask_id: int, schedule: Schedu
     model's all-MASK prediction (module docstring). nelbo + prior_term is an upper bound on the NLL.
     """
     x0 = check_tokens(x0, "x0")
+    check_mask_id(mask_id)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(vocab, int) and mask_id >= vocab:
+        raise MdlmError(f"mask_id={mask_id} is outside the model's vocabulary of size {vocab}; pass the tokenizer's")
     schedule = get_schedule(schedule)
     B, L = x0.shape
     xt = torch.full_like(x0, mask_id)                               # (B, L) x_1 with nothing surviving
@@ -357,8 +388,9 @@ def nelbo_terms(model: Model, x0: torch.Tensor, *, mask_id: int, schedule: Sched
         raise MdlmError(f"x0 contains mask_id={mask_id}; the clean data must not contain the [MASK] token")
     if check_x0 and int(x0.min()) < 0:
         raise MdlmError(f"x0 contains a negative token id {int(x0.min())}; encode the text with the tokenizer")
-    if T is not None and (isinstance(T, bool) or not isinstance(T, int) or T < 1):
-        raise MdlmError(f"T must be a positive int (number of discrete steps) or None, got {T!r}")
+    if T is not None and (isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= MAX_T):
+        raise MdlmError(f"T must be a positive int (number of discrete steps) up to {MAX_T:.0e} or None, got {T!r}; "
+                        "beyond that float32 times cannot tell k/T from (k-1)/T (T = None is the T -> inf limit)")
     if t is not None:
         t_check = _as_float(t)
         if not bool(((t_check > 0) & (t_check <= 1)).all()):
@@ -379,7 +411,7 @@ def nelbo_terms(model: Model, x0: torch.Tensor, *, mask_id: int, schedule: Sched
             raise MdlmError(f"mask_id={mask_id} is outside the model's vocabulary of size {vocab}")
         if check_x0 and int(x0.max()) >= vocab:
             raise MdlmError(f"x0 contains token id {int(x0.max())} >= the model's vocabulary size {vocab}")
-    xt = q_sample(x0, t, mask_id, schedule, generator)              # (B, L)
+    xt = _q_sample(x0, t, mask_id, schedule, generator)             # (B, L); t was checked above
     logits = model(xt, t)                                           # (B, L, V)
     if check_x0 and int(x0.max()) >= logits.shape[-1]:
         raise MdlmError(f"x0 contains token id {int(x0.max())} >= the model's vocabulary size {logits.shape[-1]}")

@@ -19,9 +19,10 @@ Time conditioning (`time_conditioning=True`, off by default) is an ablation: a s
 of t feeds adaLN modulation, norm(h) * (1 + scale(t)) + shift(t) and h + (1 + gate(t)) * branch.
 The modulation layers start at zero, so at initialisation the model equals the unconditioned one.
 MDLM does not need it: under absorbing diffusion the best denoiser p(x_0 | x_t) does not depend on t
-(notebook 03). A time-conditioned model changes its output when t changes even if x_t does not; the
-samplers stay exact for it anyway, because they only skip the network on steps that reveal nothing and
-always call it with the current (x_t, t) (sampling.py, tests/test_sampling.py).
+(notebook 03). A time-conditioned model changes its output when t changes even if x_t does not, so a
+sampler must ask it at the right time: the ancestral sampler calls it with the current (x_t, t) and
+only skips steps that reveal nothing; the first-hitting sampler calls it at the time of the reveal it
+draws (sampling.py; tests/test_sampling.py checks both against a t-dependent denoiser whose law is known).
 Output shift (`output_shift=True`, off by default; DiffuLLaMA's): the logits for position i are read from
 the hidden state at position i - 1 (position 0 keeps its own), so an MDLM warm-started from its AR twin keeps
 the twin's alignment, where the state at i - 1 already predicts token i (chapter 8, bench/levers.py).
@@ -232,7 +233,12 @@ class MDLM(nn.Module):
         if self.config.time_conditioning:
             if t is None:
                 raise MdlmError("this model has time_conditioning=True, so forward(xt, t) needs t (B,)")
-            t = torch.as_tensor(t, device=xt.device, dtype=torch.float32).expand(B)   # (B,)
+            t = torch.as_tensor(t, device=xt.device, dtype=torch.float32)
+            if t.shape not in ((), (1,), (B,)):
+                raise MdlmError(f"t must be a float or have shape (B,) = ({B},), got {tuple(t.shape)}")
+            if bool(t.isnan().any()):                               # NaN t would give NaN logits, silently
+                raise MdlmError("t holds NaN; times must be numbers in [0, 1]")
+            t = t.expand(B)                                         # (B,)
             cond = self.time_mlp(timestep_embedding(t, self.config.cond_dim))        # (B, cond_dim)
         for block in self.blocks:
             h = block(h, self.rope_cos, self.rope_sin, cond)       # (B, L, d)

@@ -14,16 +14,21 @@ Under torchrun, process 0 fills the caches first (device.rank_zero_first).
 """
 from __future__ import annotations
 
+import os
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from .checkpoint import check_writable, list_checkpoints, load_checkpoint
-from .config import ModelConfig, TrainConfig
-from .data import CACHE_DIR, DEFAULT_CORPUS, TokenData, load_text, prepare_tokenizer, split_text
+from .checkpoint import (check_has_optimizer, check_not_in_checkpoint, check_same_data, check_writable,
+                         list_checkpoints, load_checkpoint, read_meta, run_lock)
+from .config import TRAIN_PRESETS, ModelConfig, TrainConfig
+from .data import (CACHE_DIR, DEFAULT_CORPUS, TokenData, course_relative, load_text, prepare_tokenizer, split_text,
+                   text_sha256)
 from .device import autocast_dtype, get_device, rank_zero_first, setup_distributed
+from .errors import MdlmError
 from .model import MDLM
 from .tokenizer import BPETokenizer
 from .train import TrainResult, train
@@ -44,15 +49,24 @@ def train_on_text(data_path: str | Path | None = None, *, preset: str = "cpu", o
     SMALL_TEXT_VOCAB for a text under SMALL_TEXT characters, where 4096 tokens would leave few examples each).
     output_shift: ModelConfig.output_shift, the MDLM reads position i's logits from position i - 1.
     """
-    cfg = TrainConfig.preset(preset, **(train_overrides or {}))
+    _check_args(data_path, out, train_overrides)
+    cfg = TrainConfig.preset(preset, **_with_min_lr(preset, train_overrides or {}))
     data_path = Path(data_path or DEFAULT_CORPUS)
     out = Path(out or Path("runs") / f"{data_path.stem}-{preset}")
     get_device(cfg.device)                                          # an unknown device fails here, in one line
     text = load_text(data_path)
+    check_not_in_checkpoint(out)                                    # before check_writable creates it there
     check_writable(out)
+    if resume and list_checkpoints(out):                            # refused before any work: another text,
+        latest = list_checkpoints(out)[-1]                          # or an exported checkpoint
+        meta = read_meta(latest, verify=False)
+        check_same_data(latest, meta.get("data"), {"path": course_relative(data_path), "sha256": text_sha256(text)})
+        check_has_optimizer(latest, meta)
     if cache_dir is not None:
         check_writable(cache_dir)
-    init = load_checkpoint(cfg.init_from, "best") if cfg.init_from else None
+    # resuming a run started --init-from: its own checkpoint has the shape and tokenizer (the init may be gone)
+    resuming = resume and bool(list_checkpoints(out))
+    init = load_checkpoint(list_checkpoints(out)[-1] if resuming else cfg.init_from, "best") if cfg.init_from else None
     shape = {"causal": cfg.objective == "ar", "output_shift": output_shift}
     model_config = ModelConfig.preset(preset, **shape)
     if init is not None:                 # the model's shape and tokenizer come from the checkpoint it starts from
@@ -63,8 +77,9 @@ def train_on_text(data_path: str | Path | None = None, *, preset: str = "cpu", o
         model_config = replace(model_config, vocab_size=vocab_size)
     rank, world_size, _, initialised_here = setup_distributed(cfg.device)
     try:
-        return _train(text, data_path, preset, out, cfg, model_config, init, tokenizer_path, cache_dir, resume,
-                      stop_at, rank, world_size, say if rank == 0 else _quiet)
+        with run_lock(out) if rank == 0 else nullcontext():        # a second training into `out` is refused
+            return _train(text, data_path, preset, out, cfg, model_config, init, tokenizer_path, cache_dir, resume,
+                          stop_at, rank, world_size, say if rank == 0 else _quiet)
     finally:
         if initialised_here:
             dist.destroy_process_group()
@@ -103,6 +118,31 @@ def choose_preset(device: torch.device | str | None = None) -> tuple[str, str]:
         else "float32"                                              # train() measures (device.faster_cpu_dtype)
     return "cpu", (f"{device.type}: the 4.3M-parameter cpu preset (the shipped checkpoint's shape), {precision}, "
                    "no compile (on small CPU models it does not reliably pay for itself)")
+
+
+def _check_args(data_path, out, train_overrides) -> None:
+    """train_on_text's door for the arguments' types (the values are checked by TrainConfig and load_text)."""
+    if data_path is not None and not isinstance(data_path, (str, os.PathLike)):
+        raise MdlmError(f"data_path must be the path of a text file (str or Path), got {type(data_path).__name__} "
+                        f"{data_path!r}")
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise MdlmError(f"out must be a folder's path (str or Path) or None, got {type(out).__name__} {out!r}")
+    for name, value in (("--data", data_path), ("--out", out)):
+        if isinstance(value, str) and not value.strip():             # "" would mean the default corpus, or "."
+            raise MdlmError(f"{name} is empty; give a path, or leave the option out for the default")
+    if train_overrides is not None and not isinstance(train_overrides, dict):
+        raise MdlmError(f"train_overrides must be a dict of TrainConfig fields, e.g. {{'max_steps': 500}}, got "
+                        f"{type(train_overrides).__name__}")
+
+
+def _with_min_lr(preset: str, overrides: dict) -> dict:
+    """An lr below the preset's min_lr (the cosine's floor) scales min_lr with it, unless min_lr is given:
+    lr 1e-5 on a preset of lr 2e-3, min_lr 2e-4 -> min_lr 1e-6."""
+    base, lr = TRAIN_PRESETS.get(preset), overrides.get("lr")
+    if base is None or "min_lr" in overrides or isinstance(lr, bool) or not isinstance(lr, (int, float)) \
+            or not 0 < lr < base.min_lr:
+        return overrides
+    return {**overrides, "min_lr": lr * base.min_lr / base.lr}
 
 
 def _quiet(*_args) -> None:

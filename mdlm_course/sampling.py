@@ -16,7 +16,9 @@ Stage 1 does not need the network, so a step in which no position is revealed co
 (NFE): with T >> L steps most steps are such. This is MDLM's "caching" (x_t did not change, so a
 time-agnostic denoiser would return what it returned last time), done lazily: the network runs only
 on the samples with a revealed position, always with the current (x_t, t), so it stays exact for a
-time-conditioned model (`model.time_conditioned`) too: nothing is ever reused across times. At most
+time-conditioned model (`model.time_conditioned`) too: nothing is ever reused across times (the
+ancestral step from t to s asks p_theta(x_0 | x_t, t), which is what the discrete reverse step uses).
+At most
 one call per revealed position, whatever T. `cache=False` calls it at every step instead (the
 baseline for the benchmark; same seed, same samples).
 
@@ -36,7 +38,9 @@ Methods (`method=`):
     first_hitting   exact and step-free (Zheng et al. 2024): with n masked positions at time t each
                     is revealed at an independent time with P(still masked at s) = (1-alpha_s)/(1-alpha_t),
                     so the next event time s solves (1 - alpha_s) / (1 - alpha_t) = u^(1/n), u ~ U(0, 1);
-                    reveal one uniformly chosen masked position from p_theta(. | x_t) and repeat.
+                    reveal one uniformly chosen masked position with a token from p_theta(. | x_t, s),
+                    the model asked at the reveal's time s (x_t has not changed in (s, t]), and repeat.
+                    For a model that ignores t the time does not matter; for one that reads it, it does.
                     Exactly one network call per generated token; `steps` is ignored.
     confidence      MaskGIT / LLaDA low-confidence remasking. NOT an exact sampler of the model:
                     each step draws a token for every masked position and keeps the k most confident
@@ -47,9 +51,13 @@ Methods (`method=`):
 Semi-autoregressive blocks (`block_length=`): the sequence is cut into blocks of that many positions;
 block b is denoised completely (a full run of `method` from t = 1 to 0, with `steps` steps per block)
 before block b + 1 starts. Later blocks are kept MASKED and stay in the model's input (not cut off).
-This is an approximation, LLaDA's practice, not a sampler of the model's distribution: MDLM trains on
-independent per-position masks, so a clean prefix followed by a fully masked suffix is out of
-distribution at any t (even at mask rate 0.5, a given run of 64 masked positions has probability 2^-64). The MDLM paper's
+This is an approximation, LLaDA's practice, not a sampler of the model's distribution. MDLM trains on
+independent per-position masks, under which a long run of masks beside a long clean stretch is atypical:
+at mask rate 0.5 the longest run of masks in 256 positions is about 7 (its mean is 7.3), and a run of 64
+or more has probability about 5e-18 (tests/test_mask_runs.py). (That any one pattern of 64 masks has
+probability 2^-64 proves nothing: so has every pattern.) Whether the model generalises to such inputs is
+an empirical question; block diffusion (BD3-LM, Arriola et al. 2025) trains on clean blocks followed by
+a noised block so that it does not have to. The MDLM paper's
 own semi-autoregressive sampling is different: it generates a sequence longer than the training window
 by sliding a window over it, keeping the last part of the previous window as a clean prefix and
 sampling the rest of the window with the ordinary sampler. The time t given to the model is the
@@ -96,6 +104,7 @@ def token_probs(logits: torch.Tensor, mask_id: int, temperature: float = 1.0,
     of most probable tokens whose mass reaches top_p and renormalises:
     p = [0.5, 0.3, 0.2], top_p = 0.6 -> [0.625, 0.375, 0].
     """
+    check_temperature_top_p(temperature, top_p)
     logits = forbid_mask(logits, mask_id, torch.float64)            # (N, V) float64 from here on
     probs = torch.softmax(logits / temperature, dim=-1)             # (N, V)
     if top_p is not None and top_p < 1:
@@ -114,6 +123,10 @@ def categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -
     token of probability p is drawn with probability p up to ~1e-16, however small p is.
     [[0.0, 1.0, 0.0]] -> tensor([1])
     """
+    if not isinstance(probs, torch.Tensor) or probs.dim() != 2:
+        shape = tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__
+        raise MdlmError(f"categorical needs probabilities of shape (N, V), one row per draw, got {shape}; "
+                        "for a single distribution pass probs[None]")
     probs = probs.double()
     cdf = probs.cumsum(-1)                                          # (N, V) float64
     total = cdf[:, -1]                                              # (N,)
@@ -216,11 +229,14 @@ def _first_hitting(net, xt, todo, *, schedule, mask_id, draw, generator):
     rows = torch.arange(B, device=xt.device)
     while n > 0:
         masked = (xt == mask_id) & todo                             # (B, L), n per row
-        logits = net(xt, t)                                         # (B, L, V)
         # the next event: (1 - alpha_s) / (1 - alpha_t) = u^(1/n)
         u = uniform((B,), generator, xt.device, torch.float64)
         alpha_t = schedule.alpha(t)
         s = schedule.alpha_inverse(1 - (1 - alpha_t) * u ** (1.0 / n))                 # (B,)
+        # the token is revealed at time s, so it comes from p_theta(x_0 | x_t, s): xt is still the state
+        # just before s (nothing changed in (s, t]). A time-agnostic model does not care; one that
+        # reads t does, and asking it at the previous event's time t would be wrong.
+        logits = net(xt, s)                                         # (B, L, V)
         # which position: uniform among the n masked ones (the rank-th, rank = floor(v n))
         rank = (uniform((B,), generator, xt.device, torch.float64) * n).long().clamp_max(n - 1)       # (B,)
         is_pick = masked & (masked.cumsum(1) - 1 == rank[:, None])  # (B, L), one True per row
@@ -266,11 +282,41 @@ def _check_int(name: str, value, minimum: int = 1) -> None:
         raise MdlmError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
+def check_temperature_top_p(temperature, top_p) -> None:
+    """The draw's settings (denoise, token_probs, ar_sample): temperature >= MIN_TEMPERATURE, finite; top_p in
+    (0, 1] or None."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or \
+            not MIN_TEMPERATURE <= temperature < math.inf:
+        raise MdlmError(f"temperature must be a finite number >= {MIN_TEMPERATURE} (use e.g. 0.1 for "
+                         f"near-greedy), got {temperature!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1):
+        raise MdlmError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+
+
+MAX_STEPS = 10**7           # the API's cap on steps (the commands cap at MAX_STEPS_PER_TOKEN x seq_len)
+MAX_STEPS_PER_TOKEN = 100   # beyond ~seq_len steps the sampler reveals about one token per step: more change nothing
+
+
+def check_steps(steps, seq_len: int, method: str = "ancestral", option: str = "--steps") -> None:
+    """The commands' door (sample, visualize, eval): steps an int in [1, MAX_STEPS_PER_TOKEN x seq_len], so that a
+    typo of 1e9 steps is one line, not a time grid of gigabytes (first_hitting ignores steps: any int >= 1)."""
+    if steps is None:
+        return
+    _check_int(option, steps)
+    if method != "first_hitting" and steps > MAX_STEPS_PER_TOKEN * seq_len:
+        raise MdlmError(f"{option} {steps} is more than {MAX_STEPS_PER_TOKEN} x seq_len = "
+                        f"{MAX_STEPS_PER_TOKEN * seq_len}: past about seq_len={seq_len} steps the sampler reveals "
+                        f"one token at a time and more steps change nothing; use e.g. {option} {seq_len}")
+
+
 def _template(prompt, seq_len: int, mask_id: int) -> torch.Tensor:
     """The starting sequence (L,): the prompt's tokens where given, mask_id everywhere else."""
     x = torch.full((seq_len,), mask_id, dtype=torch.long)
     if prompt is None:
         return x
+    if isinstance(prompt, str):
+        raise MdlmError(f"prompt must be token ids, got the text {prompt[:40]!r}; encode it first: "
+                        "prompt=torch.tensor(tokenizer.encode(text))")
     prompt = torch.as_tensor(prompt)
     if prompt.dim() != 1 or prompt.is_floating_point() or prompt.dtype == torch.bool:
         raise MdlmError(f"prompt must be a 1-D tensor of token ids shared by all samples, "
@@ -304,16 +350,20 @@ def denoise(model: Model, *, mask_id: int, num_samples: int, seq_len: int, steps
         raise MdlmError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if method != "first_hitting" or steps is not None:
         _check_int("steps", steps)                  # first_hitting ignores steps (None allowed)
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or \
-            not MIN_TEMPERATURE <= temperature < math.inf:
-        raise MdlmError(f"temperature must be a finite number >= {MIN_TEMPERATURE} (use e.g. 0.1 for "
-                         f"near-greedy), got {temperature!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise MdlmError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+        if method != "first_hitting" and steps > MAX_STEPS:
+            raise MdlmError(f"steps={steps} is more than {MAX_STEPS:.0e}: the time grid alone would take gigabytes "
+                            "and the loop hours, and past about seq_len steps more steps change nothing")
+    check_temperature_top_p(temperature, top_p)
     if block_length is not None:
         _check_int("block_length", block_length)
     template = _template(prompt, seq_len, mask_id)                  # (L,)
     config = getattr(model, "config", None)
+    if _model_device(model).type == "meta":
+        raise MdlmError("the model is on the meta device (shapes only, no weights); load weights into it first, "
+                        "e.g. with load_pretrained")
+    if getattr(config, "causal", False) is True:
+        raise MdlmError("the model is causal (an AR twin): it writes left to right, not by unmasking; sample it "
+                        "with mdlm_course.ar.ar_sample (the CLI's sample and visualize do so for an AR checkpoint)")
     vocab_size = getattr(config, "vocab_size", getattr(model, "vocab_size", None))
     if isinstance(vocab_size, int):
         _check_vocab(vocab_size, mask_id, template)                 # before the first call can crash

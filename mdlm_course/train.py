@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -36,8 +37,8 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .ar import ar_loss
-from .checkpoint import (check_resumable, check_writable, init_weights, list_checkpoints, load_checkpoint,
-                         load_model_state, save_checkpoint_safely)
+from .checkpoint import (check_has_optimizer, check_not_in_checkpoint, check_resumable, check_writable, init_weights,
+                         list_checkpoints, load_checkpoint, load_model_state, run_lock, save_checkpoint_safely)
 from .config import TrainConfig, check_number
 from .data import TokenData, check_splits, get_batch
 from .device import all_average, autocast, autocast_dtype, faster_cpu_dtype, peak_flops, setup_distributed
@@ -99,11 +100,16 @@ def train(model: nn.Module, config: TrainConfig, data: TokenData, *, tokenizer=N
             raise MdlmError("train() needs tokenizer=... (or, for data without one, mask_id=...) to know "
                              "which id is [MASK]")
         mask_id = tokenizer.mask_id
+    if out_dir is not None and not isinstance(out_dir, (str, os.PathLike)):
+        raise MdlmError(f"out_dir must be a folder's path (str or Path) or None, got {type(out_dir).__name__}")
     rank, world_size, device, initialised_here = setup_distributed(config.device)
     try:
-        run = _start(model, config, data, tokenizer, mask_id, out_dir, resume, stop_at, rank, device, world_size,
-                     progress)
-        return _loop(run, config, data, tokenizer, mask_id, out_dir, stop_at, rank, device, world_size, progress)
+        if out_dir is not None:
+            check_not_in_checkpoint(out_dir)
+        with run_lock(out_dir) if out_dir is not None and rank == 0 else nullcontext():   # one training per folder
+            run = _start(model, config, data, tokenizer, mask_id, out_dir, resume, stop_at, rank, device, world_size,
+                         progress)
+            return _loop(run, config, data, tokenizer, mask_id, out_dir, stop_at, rank, device, world_size, progress)
     finally:
         if initialised_here:
             dist.destroy_process_group()
@@ -157,10 +163,10 @@ def _start(model, cfg, data, tokenizer, mask_id, out_dir, resume, stop_at, rank,
     step, history = 0, new_history(cfg.objective)
     if resume and list_checkpoints(out_dir):
         ck = load_checkpoint(out_dir, "latest")
-        check_resumable(ck, raw, cfg, tokenizer)
+        check_resumable(ck, raw, cfg, tokenizer, data=getattr(data, "source", None))
+        check_has_optimizer(ck.path, ck.meta)                       # an exported checkpoint cannot be resumed
         load_model_state(raw, ck.model_state, str(ck.path))
-        if ck.optimizer_state() is not None:
-            optimizer.load_state_dict(ck.optimizer_state())
+        optimizer.load_state_dict(ck.optimizer_state())
         if ema_model is not None and ck.ema_state() is not None:
             load_model_state(ema_model, ck.ema_state(), str(ck.path))
         if scaler.is_enabled() and ck.meta.get("grad_scaler"):
@@ -313,7 +319,8 @@ def _loop(run, cfg, data, tokenizer, mask_id, out_dir, stop_at, rank, device, wo
     peak = peak_flops(device) if device.type == "cuda" else None
     last = min(cfg.max_steps, stop_at) if stop_at is not None else cfg.max_steps
     if run.step >= last and is_main and progress:
-        tqdm.write(f"already at step {run.step}; pass a larger --steps (max_steps) to train further")
+        what = "--stop-at" if stop_at is not None and stop_at < cfg.max_steps else "--steps (max_steps)"
+        tqdm.write(f"already at step {run.step}; pass a larger {what} to train further")
     bar = tqdm(total=cfg.max_steps, initial=run.step, unit="step", disable=not (progress and is_main),
                dynamic_ncols=True, mininterval=1.0)
     logger = _Logger(run, cfg, cfg.batch_size * L * cfg.grad_accum * world_size,

@@ -1,7 +1,9 @@
 """Watching it denoise: the terminal view, a live pygame window, GIF export, and the training curve.
 
 Everything here drives the sampler one step at a time through `sampling.denoise`, which yields
-(step, t, x_t, nfe) after each reverse step, and never waits for a whole sample before drawing.
+(step, t, x_t, nfe) after each reverse step, and never waits for a whole sample before drawing. An AR
+twin's checkpoint (ModelConfig.causal) is written left to right instead, by `ar.ar_steps`: one token per
+step, the not-yet-written positions shown as [MASK].
 
 What a frame shows, for one sample x_t of L tokens at frame k (k = 0 is the all-[MASK] start):
     a masked position                    a muted block
@@ -38,9 +40,11 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import CHECKPOINTS, CheckpointError, find_shipped_checkpoint, load_pretrained  # noqa: F401
+from .config import check_number
 from .errors import MdlmError
 from .fileio import atomic_path
-from .sampling import METHODS, denoise, sample, token_probs
+from .ar import ar_sample, ar_steps
+from .sampling import METHODS, check_steps, denoise, sample, token_probs
 
 MASK_GLYPH = "░"
 FADE = 4                        # a fresh token's highlight fades over this many steps
@@ -90,6 +94,8 @@ def show_denoising(model, tokenizer, *, seq_len: int, steps: int, method: str = 
     with ANSI escape codes; otherwise (a file, a pipe, a dumb terminal) prints `frames_when_not_live`
     evenly spaced frames as plain text, so logs and notebooks stay short.
     """
+    check_number("show_denoising", "fps", fps, lo=0, lo_open=True)
+    check_number("show_denoising", "frames_when_not_live", frames_when_not_live, integer=True, lo=1)
     out = out or sys.stdout
     live = terminal_is_live(out) if live is None else live and os.environ.get("TERM", "") != "dumb"
     generator = torch.Generator().manual_seed(seed)
@@ -161,17 +167,26 @@ class Trajectory:
         prompt_ids = check_lengths(model, tokenizer, seq_len, prompt)
         self.steps = seq_len if steps is None else steps
         self._probe = _Probe(model)
-        self._steps = denoise(self._probe, mask_id=self.mask_id, num_samples=1, seq_len=seq_len,
-                              steps=self.steps, method=method, temperature=temperature,
-                              prompt=torch.tensor(prompt_ids, dtype=torch.long) if prompt_ids else None,
-                              generator=torch.Generator().manual_seed(seed))   # checks the rest, eagerly
+        self.causal = is_causal(model)                  # an AR twin writes left to right (ar.ar_steps)
+        if self.causal:
+            prompt_ids = prompt_ids or ar_start(tokenizer)
+            self.method = "left-to-right"                      # shown in the status line and GIF names
+            self._steps = ar_steps(self._probe, seq_len=seq_len, prompt=torch.tensor(prompt_ids, dtype=torch.long),
+                                   mask_id=self.mask_id, temperature=temperature,
+                                   generator=torch.Generator().manual_seed(seed))
+        else:
+            self._steps = denoise(self._probe, mask_id=self.mask_id, num_samples=1, seq_len=seq_len,
+                                  steps=self.steps, method=method, temperature=temperature,
+                                  prompt=torch.tensor(prompt_ids, dtype=torch.long) if prompt_ids else None,
+                                  generator=torch.Generator().manual_seed(seed))   # checks the rest, eagerly
         self.tokens = np.full(seq_len, self.mask_id, dtype=np.int64)
         self.tokens[:len(prompt_ids)] = prompt_ids
         self.reveal_step = np.full(seq_len, self.NOT_YET, dtype=np.int64)
         self.reveal_step[:len(prompt_ids)] = 0
         self.prob = np.ones(seq_len, dtype=np.float32)
         self.num_prompt = len(prompt_ids)
-        self.total_steps = total_steps(method, self.steps, seq_len - len(prompt_ids))
+        self.total_steps = total_steps("first_hitting" if self.causal else method, self.steps,
+                                       seq_len - len(prompt_ids))   # AR: one step per token, like first_hitting
         self.times, self.nfes = [1.0], [0]            # per frame; len(self.times) publishes a frame
         self.done = self.total_steps == 0
         self.error: Exception | None = None
@@ -192,7 +207,8 @@ class Trajectory:
         xt = xt[0].cpu()                                                # (L,)
         new = ((xt != self.mask_id) & torch.from_numpy(self.reveal_step == self.NOT_YET)).nonzero()[:, 0]
         if len(new):
-            logits = self._probe.last_logits[0, new].float().cpu()      # (n, V): the call made on x_t before this step
+            rows = new - 1 if self.causal else new                      # AR: position i is predicted at i - 1
+            logits = self._probe.last_logits[0, rows].float().cpu()     # (n, V): the call made on x_t before this step
             p = token_probs(logits, self.mask_id, self.temperature)     # (n, V) float64, what the token was drawn from
             self.prob[new.numpy()] = p.gather(-1, xt[new, None])[:, 0].numpy()
             self.tokens[new.numpy()] = xt[new].numpy()
@@ -474,12 +490,26 @@ def gif_frames(num_frames: int, stride: int = 1) -> list[int]:
     return sorted(set(range(0, last + 1, stride)) | {last})
 
 
-def check_output_path(path: str | Path) -> Path:
+def check_output_path(path: str | Path, *, writable: bool = False) -> Path:
+    """The GIF's path, checked before any sampling: a name ending in .gif, in a folder that exists (writable=True:
+    and that can be written, by writing and removing a probe file), not a folder itself."""
     path = Path(path)
+    if path.name.lower() == ".gif":
+        raise VisualizeError(f"{path}: give the GIF a name before .gif, e.g. {path.parent / 'denoising.gif'}")
     if path.suffix.lower() != ".gif":
         raise VisualizeError(f"{path}: the recording is an animated GIF; give a path ending in .gif")
     if not path.parent.is_dir():
         raise VisualizeError(f"{path}: the folder {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise VisualizeError(f"{path}: is a folder; give the path of a .gif file (e.g. {path / 'denoising.gif'})")
+    if writable:
+        probe = path.parent / f".{path.name}.probe-{os.getpid()}"
+        try:
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as e:
+            raise VisualizeError(f"{path}: cannot write in {path.parent} ({e.strerror}); choose another "
+                                 "--record path") from None
     return path
 
 
@@ -577,6 +607,9 @@ class GifWriter:
         self.thread.join()
         if self.error is None:
             return self.path
+        if isinstance(self.error, OSError):                         # a full disk, a folder removed meanwhile
+            raise VisualizeError(f"{self.path}: could not write the GIF ({self.error.strerror or self.error}); free "
+                                 "some space or choose another --record path") from None
         raise self.error
 
 
@@ -596,8 +629,12 @@ def record_gif(model, tokenizer, path: str | Path, *, seq_len: int, steps: int |
 
         record_gif(model, tok, "denoise.gif", seq_len=64, steps=64)   -> Path("denoise.gif"), 65 frames
     """
-    path = check_output_path(path)
+    path = check_output_path(path, writable=True)
     import_pillow()
+    check_command_args(stride=stride)
+    check_number("record_gif", "width", width, integer=True, lo=64, hi=10_000)
+    if fps is not None:
+        check_number("record_gif", "fps", fps, lo=0, lo_open=True, hi=100)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     traj = Trajectory(model, tokenizer, seq_len=seq_len, steps=steps, method=method,
                       temperature=temperature, prompt=prompt, seed=seed)
@@ -619,6 +656,17 @@ def display_available() -> bool:
     if sys.platform in ("darwin", "win32"):
         return True
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def check_real_display(pg) -> None:
+    """A VisualizeError when SDL, asked for a window, fell back to a driver that shows nothing (a DISPLAY whose
+    X server is gone, e.g. a closed ssh -X forward): the window would wait for Q forever, unseen."""
+    driver = pg.display.get_driver()
+    if driver in ("offscreen", "dummy") and os.environ.get("SDL_VIDEODRIVER", "") != driver:
+        pg.display.quit()
+        raise VisualizeError(f"no window can be shown: SDL fell back to its {driver!r} driver (DISPLAY="
+                             f"{os.environ.get('DISPLAY', '')!r} does not answer, e.g. a closed ssh -X forward); "
+                             "add --record out.gif to write a GIF instead, or fix DISPLAY")
 
 
 def default_speed(total: int, seconds: float = 4.0) -> int:
@@ -656,6 +704,7 @@ class DenoisingWindow:
         self.pg.display.init()
         self.pg.font.init()
         self.screen = self.pg.display.set_mode(size, self.pg.RESIZABLE)
+        check_real_display(self.pg)
         self.pg.display.set_caption(title)
         self.painter = Painter(tokenizer)
         self.clock = self.pg.time.Clock()
@@ -863,6 +912,7 @@ class DenoisingWindow:
 
 def check_lengths(model, tokenizer, seq_len: int, prompt: str | None) -> list[int]:
     """The prompt's ids, after checking that seq_len fits the model and the prompt fits seq_len (one line)."""
+    check_command_args(seq_len=seq_len)
     max_len = getattr(getattr(model, "config", None), "seq_len", None)
     if isinstance(max_len, int) and seq_len > max_len:
         raise VisualizeError(f"seq_len={seq_len} is longer than the model's {max_len} positions; "
@@ -872,6 +922,27 @@ def check_lengths(model, tokenizer, seq_len: int, prompt: str | None) -> list[in
         raise VisualizeError(f"the prompt is {len(prompt_ids)} tokens, longer than the sequence ({seq_len} tokens); "
                              "shorten it or raise --seq-len")
     return prompt_ids
+
+
+def check_command_args(*, seq_len=None, steps=None, seed=0, num=1, stride=None) -> None:
+    """The options of `sample` and `visualize`, checked before the checkpoint is loaded (one line each)."""
+    for name, value in (("--seq-len", seq_len), ("--steps", steps), ("--num (num_samples)", num),
+                        ("--stride", stride)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise VisualizeError(f"{name} must be an int >= 1, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**64:
+        raise VisualizeError(f"--seed must be an int in [-2**63, 2**64), what torch.Generator accepts, got {seed!r}")
+
+
+def is_causal(model) -> bool:
+    """True for an AR twin (ModelConfig.causal): it is sampled left to right (ar.py), not by unmasking."""
+    return getattr(getattr(model, "config", None), "causal", False) is True
+
+
+def ar_start(tokenizer) -> list[int]:
+    """The token an AR sample starts from when no prompt is given: a line break (a window of the text starts
+    from a given token, ar.ar_sample)."""
+    return tokenizer.encode("\n")[:1]
 
 
 def load_for_sampling(checkpoint: str | Path | None):
@@ -892,23 +963,27 @@ def visualize_command(checkpoint: str | Path | None = None, *, method: str = "an
                       linger: float | None = None) -> int:
     """`python -m mdlm_course visualize`: open the window, or with record=PATH write a GIF and exit."""
     check_temperature(temperature)
+    check_command_args(seq_len=seq_len, steps=steps, seed=seed, stride=stride)
     if record is not None:
-        check_output_path(record)
+        check_output_path(record, writable=True)
         import_pillow()
     elif not display_available():
         raise VisualizeError("no display (neither DISPLAY nor WAYLAND_DISPLAY is set): "
                              "add --record out.gif to render the denoising to a GIF instead")
     import_pygame()
     model, tokenizer = load_for_sampling(checkpoint)
-    seq_len = seq_len or model.config.seq_len
+    seq_len = model.config.seq_len if seq_len is None else seq_len
+    check_steps(steps, seq_len, method)
     if record is not None:
         path = record_gif(model, tokenizer, record, seq_len=seq_len, steps=steps, method=method,
                           temperature=temperature, prompt=prompt, seed=seed, stride=stride)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
-        return 0
-    final = DenoisingWindow(model, tokenizer, seq_len=seq_len, steps=steps, method=method, temperature=temperature,
-                            prompt=prompt, seed=seed, linger=linger).run()
-    print(final)
+    else:
+        print(DenoisingWindow(model, tokenizer, seq_len=seq_len, steps=steps, method=method, temperature=temperature,
+                              prompt=prompt, seed=seed, linger=linger).run())
+    if is_causal(model):
+        print(f"note: {checkpoint or 'the checkpoint'} is an AR model: it wrote left to right (ar_sample); "
+              "--method and --steps do not apply", file=sys.stderr)
     return 0
 
 
@@ -917,16 +992,24 @@ def sample_command(checkpoint: str | Path | None = None, *, prompt: str | None =
                    temperature: float = 1.0, out=None) -> int:
     """`python -m mdlm_course sample`: print `num` samples, each after a '--- sample i' line."""
     check_temperature(temperature)
+    check_command_args(seq_len=seq_len, steps=steps, seed=seed, num=num)
     out = out or sys.stdout
     model, tokenizer = load_for_sampling(checkpoint)
-    seq_len = seq_len or model.config.seq_len
+    seq_len = model.config.seq_len if seq_len is None else seq_len
+    check_steps(steps, seq_len, method)
     prompt_ids = check_lengths(model, tokenizer, seq_len, prompt)
-    x = sample(model, mask_id=tokenizer.mask_id, num_samples=num, seq_len=seq_len,
-               steps=seq_len if steps is None else steps, method=method, temperature=temperature,
-               prompt=torch.tensor(prompt_ids, dtype=torch.long) if prompt_ids else None,
-               generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    if is_causal(model):                                            # an AR twin: left to right, one token a step
+        x = ar_sample(model, num_samples=num, seq_len=seq_len, prompt=torch.tensor(prompt_ids or ar_start(tokenizer)),
+                      mask_id=tokenizer.mask_id, temperature=temperature, generator=generator)
+        print(f"note: {checkpoint or 'the checkpoint'} is an AR model: sampled left to right (ar_sample); --method "
+              "and --steps do not apply", file=sys.stderr)
+    else:
+        x = sample(model, mask_id=tokenizer.mask_id, num_samples=num, seq_len=seq_len,
+                   steps=seq_len if steps is None else steps, method=method, temperature=temperature,
+                   prompt=torch.tensor(prompt_ids, dtype=torch.long) if prompt_ids else None, generator=generator)
     for i, row in enumerate(x.tolist()):
-        out.write(f"--- sample {i + 1}\n{tokenizer.decode(row)}\n")
+        out.write(f"--- sample {i + 1}\n{render(tokenizer, row)}\n")   # control characters shown as U+FFFD
     out.flush()
     return 0
 
@@ -940,6 +1023,8 @@ def plot_history(history: dict, *, smooth: int = 20, ax=None):
     "val_nelbo" for an MDLM run, "val_nll" (next-token NLL) for an AR twin. Returns the Axes."""
     import matplotlib.pyplot as plt
 
+    check_history(history)
+    check_number("plot_history", "smooth", smooth, integer=True, lo=0)
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4))
     steps, loss = np.asarray(history["step"]), np.asarray(history["loss"])
@@ -957,3 +1042,17 @@ def plot_history(history: dict, *, smooth: int = 20, ax=None):
     ax.grid(alpha=0.3)
     ax.legend()
     return ax
+
+
+def check_history(history) -> None:
+    """plot_history's door: a dict with equal-length step and loss lists (a checkpoint saved without history
+    stores null)."""
+    if not isinstance(history, dict) or not isinstance(history.get("step"), list) \
+            or not isinstance(history.get("loss"), list):
+        raise VisualizeError(f"plot_history needs a history dict with 'step' and 'loss' lists (TrainResult.history, "
+                             f"or a checkpoint's meta['history']), got {type(history).__name__}; this checkpoint "
+                             "may have been saved without one")
+    for x, y in (("step", "loss"), ("val_step", "val_nelbo"), ("val_step", "val_nll")):
+        if isinstance(history.get(y), list) and len(history.get(x) or []) != len(history[y]):
+            raise VisualizeError(f"history lists {x!r} and {y!r} have different lengths "
+                                 f"({len(history.get(x) or [])} and {len(history[y])}); the history is damaged")

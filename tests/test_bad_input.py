@@ -1131,3 +1131,654 @@ def test_every_user_error_of_the_package_is_an_mdlm_error():
                  for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
                  if "raise ValueError(" in line]
     assert offenders == []
+
+
+# --- round 2 (issue 23): the public API ------------------------------------------------------------
+# Each call is checked at the door of the public function: a one-line MdlmError naming what to fix.
+from contextlib import contextmanager  # noqa: E402
+
+import mdlm_course.evaluate as evaluate_module  # noqa: E402
+import mdlm_course.tokenizer as tokenizer_module  # noqa: E402
+from mdlm_course import visualize as visualize_module  # noqa: E402
+from mdlm_course.ar import ar_sample  # noqa: E402
+from mdlm_course.diffusion import CosineSchedule, LogLinearSchedule  # noqa: E402
+from mdlm_course.evaluate import evaluate_checkpoint, make_val_set  # noqa: E402
+from mdlm_course.pipeline import train_on_text  # noqa: E402
+from mdlm_course.sampling import token_probs  # noqa: E402
+from mdlm_course.train import train as train_model  # noqa: E402
+
+
+@pytest.fixture
+def causal_model() -> MDLM:
+    torch.manual_seed(0)
+    return MDLM(ModelConfig(**SMALL_MODEL, causal=True))
+
+
+def _ar(model, **kw):
+    args = dict(num_samples=2, seq_len=8, mask_id=49, first_token=3, generator=torch.Generator().manual_seed(0))
+    return ar_sample(model, **{**args, **kw})
+
+
+LOGITS = torch.randn(2, 50, generator=torch.Generator().manual_seed(0))
+X0_SMALL = torch.randint(0, 49, (2, 8), generator=torch.Generator().manual_seed(1))
+
+# (id, call given (MDLM, causal MDLM), needles)
+ROUND2_API_CALLS = [
+    ("q_sample t 2", lambda m, c: diffusion.q_sample(X0_SMALL, 2.0, 49), ("t must lie in [0, 1]", "2.0")),
+    ("q_sample t -1", lambda m, c: diffusion.q_sample(X0_SMALL, -1.0, 49), ("t must lie in [0, 1]",)),
+    ("q_sample t nan", lambda m, c: diffusion.q_sample(X0_SMALL, float("nan"), 49), ("t must lie in [0, 1]", "nan")),
+    ("q_sample mask_id -1", lambda m, c: diffusion.q_sample(X0_SMALL, 0.5, -1), ("mask_id", ">= 0", "-1")),
+    ("q_step s -1", lambda m, c: diffusion.q_step(X0_SMALL, -1.0, 0.5, 49), ("0 <= s <= t <= 1",)),
+    ("q_step t 2", lambda m, c: diffusion.q_step(X0_SMALL, 0.5, 2.0, 49), ("0 <= s <= t <= 1",)),
+    ("loglinear eps 1.5", lambda m, c: LogLinearSchedule(eps=1.5), ("eps", "[0, 1)", "1.5")),
+    ("loglinear eps -0.5", lambda m, c: LogLinearSchedule(eps=-0.5), ("eps", "-0.5")),
+    ("cosine eps 1", lambda m, c: CosineSchedule(eps=1.0), ("CosineSchedule", "eps")),
+    ("discrete_elbo T 1e8", lambda m, c: diffusion.discrete_elbo(m, X0_SMALL, mask_id=49, T=10**8),
+     ("T must be", "float32")),
+    ("prior_term mask_id 99", lambda m, c: diffusion.prior_term(m, X0_SMALL, mask_id=99), ("mask_id=99", "50")),
+    ("token_probs temperature -1", lambda m, c: token_probs(LOGITS, 49, temperature=-1.0), ("temperature", "-1.0")),
+    ("token_probs temperature 0", lambda m, c: token_probs(LOGITS, 49, temperature=0.0), ("temperature",)),
+    ("token_probs top_p 5", lambda m, c: token_probs(LOGITS, 49, top_p=5.0), ("top_p", "(0, 1]")),
+    ("token_probs top_p 0", lambda m, c: token_probs(LOGITS, 49, top_p=0.0), ("top_p",)),
+    ("categorical 1-D", lambda m, c: categorical(torch.tensor([0.5, 0.5])), ("(N, V)", "probs[None]")),
+    ("sample a text prompt", lambda m, c: _sample(m, prompt="hello"), ("prompt", "encode it", "tokenizer.encode")),
+    ("sample a causal model", lambda m, c: _sample(c), ("causal", "ar_sample")),
+    ("ar_sample a bidirectional model", lambda m, c: _ar(m), ("causal model", "bidirectional", "sampling.sample")),
+    ("ar_sample temperature -1", lambda m, c: _ar(c, temperature=-1.0), ("temperature", "-1.0")),
+    ("ar_sample top_p 5", lambda m, c: _ar(c, top_p=5.0), ("top_p", "(0, 1]")),
+    ("ar_sample top_p 0", lambda m, c: _ar(c, top_p=0.0), ("top_p", "(0, 1]")),
+    ("ar_sample first_token mask_id", lambda m, c: _ar(c, first_token=49), ("mask_id=49", "start ids")),
+    ("ar_sample first_token 1e6", lambda m, c: _ar(c, first_token=10**6), ("[0, 50)", "1000000")),
+    ("ar_sample seq_len past the model", lambda m, c: _ar(c, seq_len=100), ("seq_len=100", "16 positions")),
+    ("ar_sample num_samples 0", lambda m, c: _ar(c, num_samples=0), ("num_samples",)),
+    ("time-conditioned t shape", lambda m, c: MDLM(ModelConfig(**SMALL_MODEL, time_conditioning=True, cond_dim=8))(
+        torch.zeros(2, 4, dtype=torch.long), torch.full((3,), 0.5)), ("t must be", "(2,)", "(3,)")),
+    ("time-conditioned t nan", lambda m, c: MDLM(ModelConfig(**SMALL_MODEL, time_conditioning=True, cond_dim=8))(
+        torch.zeros(2, 4, dtype=torch.long), torch.full((2,), float("nan"))), ("t holds NaN",)),
+    ("ModelConfig dropout a string", lambda m, c: ModelConfig(**SMALL_MODEL, dropout="0.1"),
+     ("ModelConfig.dropout", "'0.1'")),
+    ("ModelConfig seq_len 1e9", lambda m, c: ModelConfig(**{**SMALL_MODEL, "seq_len": 10**9}),
+     ("ModelConfig.seq_len", "at most")),
+    ("TrainConfig init_from 5", lambda m, c: TrainConfig(init_from=5), ("TrainConfig.init_from", "5")),
+    ("TrainConfig seed 2**70", lambda m, c: TrainConfig(seed=2**70), ("TrainConfig.seed",)),
+    ("TrainConfig.from_dict extra field", lambda m, c: TrainConfig.from_dict({**TrainConfig().to_dict(), "x": 1}),
+     ("unknown fields", "'x'")),
+    ("train_on_text 123", lambda m, c: train_on_text(123), ("data_path", "int")),
+    ("train_on_text overrides a string", lambda m, c: train_on_text(DEFAULT_CORPUS, train_overrides="max_steps=5"),
+     ("train_overrides", "dict", "str")),
+    ("train_on_text out 5", lambda m, c: train_on_text(DEFAULT_CORPUS, out=5), ("out must be a folder", "int")),
+    ("train out_dir 5", lambda m, c: train_model(m, TrainConfig(), None, mask_id=49, out_dir=5),
+     ("out_dir must be a folder", "int")),
+    ("save_checkpoint run_dir 5", lambda m, c: save_checkpoint(5, model=m, step=1), ("run_dir", "int")),
+    ("TrainConfig device 5", lambda m, c: TrainConfig(device=5), ("TrainConfig.device", "5")),
+    ("get_schedule 5", lambda m, c: diffusion.get_schedule(5), ("schedule must be", "int")),
+    ("ar_sample a float prompt", lambda m, c: _ar(c, prompt=torch.tensor([1.5])), ("integer token ids", "float32")),
+    ("fixed_windows n 0", lambda m, c: fixed_windows(torch.arange(100), 8, 0), ("fixed_windows.n", "0")),
+    ("masked_ce_by_t windows 0", lambda m, c: evaluate_module.masked_ce_by_t(m, torch.arange(200) % 49, mask_id=49,
+                                                                             seq_len=8, ts=[0.5], windows=0),
+     ("fixed_windows.n",)),
+    ("load_text 5", lambda m, c: load_text(5), ("str or Path", "int")),
+    ("plot_history smooth a string", lambda m, c: visualize_module.plot_history({"step": [1], "loss": [1.0]},
+                                                                                smooth="x"), ("plot_history.smooth",)),
+    ("make_val_set passes 0", lambda m, c: make_val_set(torch.arange(200), 8, 2, 49, passes=0),
+     ("make_val_set.passes", "0")),
+    ("make_val_set n 0", lambda m, c: make_val_set(torch.arange(200), 8, 0, 49), ("make_val_set.n",)),
+    ("load_pretrained 123", lambda m, c: load_pretrained(123), ("str or Path", "int")),
+    ("load_pretrained device bogus", lambda m, c: load_pretrained(device="bogus"), ("unknown device 'bogus'",)),
+]
+
+
+@pytest.mark.parametrize("call, needles", [c[1:] for c in ROUND2_API_CALLS], ids=[c[0] for c in ROUND2_API_CALLS])
+def test_round2_api_call(small_model, causal_model, call, needles):
+    assert_one_line_error(MdlmError, lambda: call(small_model, causal_model), *needles)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")
+def test_round2_load_pretrained_on_cuda_without_cuda():
+    assert_one_line_error(MdlmError, lambda: load_pretrained(device="cuda"), "'cuda'", "not available")
+
+
+def test_round2_q_sample_keeps_its_range_ends():
+    """Correct behaviour at the ends of [0, 1]: t = 0 masks nothing; eps = 0 is allowed (alpha_1 = 0)."""
+    assert torch.equal(diffusion.q_sample(X0_SMALL, 0.0, 49), X0_SMALL)
+    assert LogLinearSchedule(eps=0.0).eps == 0.0
+
+
+def test_round2_ar_sample_of_a_causal_model_still_works(causal_model):
+    x = _ar(causal_model, top_p=0.9, temperature=0.7)
+    assert x.shape == (2, 8) and not bool((x == 49).any()) and bool((x[:, 0] == 3).all())
+
+
+# save_checkpoint: (id, keyword changes, needles); nothing may be left in the run directory.
+SAVE_CALLS = [
+    ("step a string", dict(step="5"), ("step must be an int >= 0", "'5'")),
+    ("step 2.5", dict(step=2.5), ("step", "2.5")),
+    ("step -1", dict(step=-1), ("step", "-1")),
+    ("metrics a list", dict(metrics=[1, 2]), ("metrics must be a dict of finite numbers",)),
+    ("metrics nan", dict(metrics={"val_nelbo": float("nan")}), ("metrics", "finite", "nan")),
+    ("history a string", dict(history="none"), ("history must be a dict of lists",)),
+    ("model None", dict(model=None), ("model=an MDLM", "NoneType")),
+    ("optimizer a string", dict(optimizer="adamw"), ("optimizer must be a torch.optim.Optimizer", "str")),
+    ("tokenizer an int", dict(tokenizer=5), ("tokenizer must be a BPETokenizer", "int")),
+    ("ema_model a dict", dict(ema_model={}), ("ema_model must be an nn.Module", "dict")),
+]
+
+
+@pytest.mark.parametrize("change, needles", [c[1:] for c in SAVE_CALLS], ids=[c[0] for c in SAVE_CALLS])
+def test_round2_save_checkpoint_door(tmp_path, change, needles):
+    args = {"model": _model_for_saving(), "step": 3, **change}
+    assert_one_line_error(MdlmError, lambda: save_checkpoint(tmp_path / "run", **args), *needles)
+    assert not list((tmp_path / "run").glob("*")) if (tmp_path / "run").exists() else True
+
+
+def test_round2_a_failed_save_leaves_no_tmp_folder(tmp_path, monkeypatch):
+    """Whatever fails mid-write (here the tokenizer's save), the hidden .tmp-step folder is removed."""
+    class Broken:
+        def save(self, path):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path / "run", model=_model_for_saving(), step=3, tokenizer=Broken())
+    assert list((tmp_path / "run").iterdir()) == []
+
+
+# meta.json changes that used to pass: (id, change, rehash, needles)
+def _bad_history(meta):
+    meta["history"] = {"step": [1, 2], "loss": [5.0]}
+
+
+ROUND2_META_CHANGES = [
+    ("train_config lr a string", _set("train_config", "lr", value="0.01"), True, ('"train_config"', "lr")),
+    ("train_config unknown schedule", _set("train_config", "schedule", value="linear"), True,
+     ('"train_config"', "unknown schedule")),
+    ("data a string", _set("data", value="small.txt"), True, ('"data"', "path")),
+    ("data.path 5, hash removed", _set("data", value={"path": 5, "sha256": "0" * 64}), False, ('"data"',)),
+    ("seq_len 1e9", _set("model_config", "seq_len", value=10**9), True, ('"model_config"', "seq_len")),
+    ("metric nan, hash removed", _set("metrics", "val_nelbo", value=float("nan")), False,
+     ('"metrics"', "finite")),
+    ("history of different lengths", _bad_history, True, ('"history"', "one length")),
+    ("step 2 in folder step-000007, hash removed", _set("step", value=2), False, ("step 2", "step-000007")),
+]
+
+
+@pytest.mark.parametrize("change, rehash, needles", [c[1:] for c in ROUND2_META_CHANGES],
+                         ids=[c[0] for c in ROUND2_META_CHANGES])
+def test_round2_checkpoint_meta(saved, change, rehash, needles):
+    _edit_meta(saved, change, rehash=rehash)
+    if not rehash:
+        _edit_meta(saved, _drop("meta_sha256"), rehash=False)      # accepted as a pre-hash checkpoint
+    assert_one_line_error(CheckpointError, lambda: load_checkpoint(saved), str(saved), *needles)
+
+
+def test_round2_a_nan_metric_is_never_the_best(tmp_path):
+    run = tmp_path / "run"
+    for step, value in ((1, 5.0), (2, 4.0)):
+        save_checkpoint(run, model=_model_for_saving(), step=step, metrics={"val_nelbo": value}, keep=False)
+    _edit_meta(run / "step-000002", _set("metrics", "val_nelbo", value=float("nan")), rehash=False)
+    assert find_checkpoint(run, "best") == run / "step-000001"
+
+
+def test_round2_has_ema_without_ema_weights(saved):
+    _rewrite_weights(saved, "state.safetensors", lambda t: [t.pop(k) for k in list(t) if k.startswith("ema/")])
+    message = assert_one_line_error(CheckpointError, lambda: load_pretrained(saved), "has_ema", "no EMA weights",
+                                    "ema=False")
+    assert "use load_pretrained" not in message
+    assert load_pretrained(saved, ema=False)[0] is not None
+
+
+def test_round2_evaluate_checkpoint_api_types(saved):
+    assert_one_line_error(MdlmError, lambda: evaluate_checkpoint(saved, windows="4"), "eval.windows", "'4'")
+    assert_one_line_error(MdlmError, lambda: evaluate_checkpoint(saved, passes=1.5), "eval.passes", "1.5")
+
+
+def test_round2_visualize_doors(small_model, tmp_path, monkeypatch):
+    tok = BPETokenizer.train(TEXT, 300, verbose=False)
+    assert_one_line_error(MdlmError, lambda: visualize_module.show_denoising(small_model, tok, seq_len=8, steps=4,
+                                                                             fps=0), "show_denoising.fps", "0")
+    calls = []
+    monkeypatch.setattr(visualize_module.Trajectory, "run", lambda self, stop=None: calls.append(1))
+    assert_one_line_error(MdlmError, lambda: visualize_module.record_gif(small_model, tok, tmp_path / "a.gif",
+                                                                         seq_len=8, width=0), "record_gif.width", "0")
+    assert calls == []                                              # refused before any sampling
+    assert_one_line_error(MdlmError, lambda: visualize_module.plot_history(None), "plot_history", "NoneType")
+    assert_one_line_error(MdlmError, lambda: visualize_module.plot_history({"step": [1, 2], "loss": [5.0]}),
+                          "'step' and 'loss'", "different lengths")
+
+
+def test_round2_window_on_an_offscreen_fallback_says_so(small_model, monkeypatch):
+    """A stale DISPLAY: SDL falls back to its offscreen driver and the window would wait for Q forever, unseen."""
+    pygame = pytest.importorskip("pygame")
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")                  # what opens here; then report "offscreen"
+    monkeypatch.setattr(pygame.display, "get_driver", lambda: "offscreen")
+    tok = BPETokenizer([], special_tokens=[MASK])
+    model = MDLM(ModelConfig(**{**SMALL_MODEL, "vocab_size": tok.vocab_size}))
+    assert_one_line_error(MdlmError, lambda: visualize_module.DenoisingWindow(model, tok, seq_len=8, steps=4),
+                          "'offscreen'", "DISPLAY", "--record")
+
+
+# --- round 2 (issue 23): the command line ----------------------------------------------------------
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from mdlm_course.checkpoint import export_for_shipping  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained_ar(tmp_path_factory, corpus, cache) -> Path:
+    """The AR twin of `trained`: same corpus, same tokenizer (cached), 3 steps."""
+    out = tmp_path_factory.mktemp("trained_ar") / "run"
+    assert cli.main(_train_args(corpus, out, cache, "--objective", "ar", "--seed", "7")) == 0
+    return out
+
+
+def _no_long_work(monkeypatch):
+    """Any sampling or model loading for evaluation fails the test: the mistake must be refused before it."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the long work started before the bad option was refused")
+
+    for name in ("sample", "ar_sample"):
+        monkeypatch.setattr(visualize_module, name, forbidden)
+    monkeypatch.setattr(visualize_module.Trajectory, "run", forbidden)
+    monkeypatch.setattr(visualize_module, "DenoisingWindow", forbidden)
+    monkeypatch.setattr(evaluate_module, "load_pretrained", forbidden)
+
+
+def _write_lock(run: Path, pid: int) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / ".lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": "earlier",
+                                           "command": "python -m mdlm_course train (the first)"}))
+
+
+def test_round2_cli_second_training_into_the_same_out_is_refused(capsys, tmp_path, corpus, cache):
+    """Two trainings at once into one --out: the second refuses in one line naming the first (a real process)."""
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "mdlm_course", *_train_args(corpus, out, cache)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".lock").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if first.poll() is not None:
+            pytest.skip("the first training ended before the second could start")
+        line = assert_cli_error(capsys, _train_args(corpus, out, cache), "in use by another training",
+                                f"process {first.pid}", "another --out")
+        assert "mdlm_course train" in line
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_round2_cli_live_lock_refuses_and_keeps_the_run(capsys, run_copy, corpus, cache):
+    _write_lock(run_copy, os.getppid())                             # a live process of this host
+    before = _snapshot(run_copy)
+    assert_cli_error(capsys, _train_args(corpus, run_copy, cache, "--seed", "7", "--resume"),
+                     "in use by another training", f"process {os.getppid()}", "(the first)")
+    assert _snapshot(run_copy) == before
+
+
+def test_round2_cli_stale_lock_is_taken_over(capsys, tmp_path, corpus, cache):
+    """A lock left by a killed run (its process is gone) is recognised, taken over with a warning, and released."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "run"
+    _write_lock(out, dead.pid)
+    rc, _, err = run_cli(capsys, _train_args(corpus, out, cache))
+    assert rc == 0, err
+    assert "taking over the lock" in err and str(dead.pid) in err
+    assert not (out / ".lock").exists() and list(out.glob("step-*"))
+
+
+def test_round2_cli_resume_on_another_text(capsys, tmp_path, corpus, cache, run_copy):
+    other = tmp_path / "other.txt"
+    other.write_text(corpus.read_text(encoding="utf-8")[::-1], encoding="utf-8")
+    before = _snapshot(run_copy)
+    args = _train_args(other, run_copy, cache, "--seed", "7", "--resume")
+    args[args.index("--steps") + 1] = "5"
+    assert_cli_error(capsys, args, "cannot resume", "small.txt", "other.txt", "sha256")
+    assert _snapshot(run_copy) == before
+
+
+def test_round2_cli_resume_of_an_exported_checkpoint(capsys, tmp_path, corpus, cache, trained):
+    """No optimizer state: refused (never a silent fresh optimizer), and nothing of it is pruned."""
+    export_for_shipping(trained, tmp_path / "shipped")
+    before = _snapshot(tmp_path / "shipped")
+    args = _train_args(corpus, tmp_path / "shipped", cache, "--seed", "7", "--resume")
+    args[args.index("--steps") + 1] = "5"
+    assert_cli_error(capsys, args, "no optimizer state", "--init-from")
+    assert _snapshot(tmp_path / "shipped") == before
+
+
+def test_round2_cli_out_inside_a_checkpoint(capsys, corpus, cache, run_copy):
+    before = _snapshot(run_copy)
+    (ckpt,) = run_copy.glob("step-*")
+    assert_cli_error(capsys, _train_args(corpus, ckpt / "nested", cache), "inside the checkpoint folder", ckpt.name)
+    assert_cli_error(capsys, _train_args(corpus, ckpt, cache), "inside the checkpoint folder")
+    assert _snapshot(run_copy) == before and not (ckpt / "nested").exists()
+
+
+def test_round2_cli_lr_below_the_presets_min_lr(capsys, tmp_path, corpus, cache):
+    """--lr 1e-5 (the tiny preset's min_lr is 3e-4) trains, min_lr scaled with it; --min-lr sets it."""
+    assert run_cli(capsys, _train_args(corpus, tmp_path / "a", cache, "--lr", "1e-5"))[0] == 0
+    cfg = load_checkpoint(tmp_path / "a").meta["train_config"]
+    assert cfg["lr"] == 1e-5 and cfg["min_lr"] == pytest.approx(1e-6)
+    assert run_cli(capsys, _train_args(corpus, tmp_path / "b", cache, "--lr", "1e-5", "--min-lr", "0"))[0] == 0
+    assert load_checkpoint(tmp_path / "b").meta["train_config"]["min_lr"] == 0
+    assert_cli_error(capsys, _train_args(corpus, tmp_path / "c", cache, "--lr", "1e-5", "--min-lr", "1e-3"),
+                     "TrainConfig.min_lr")
+
+
+def test_round2_cli_resume_after_the_init_folder_was_removed(capsys, tmp_path, corpus, cache, trained):
+    init = Path(shutil.copytree(trained, tmp_path / "init"))
+    args = _train_args(corpus, tmp_path / "run", cache, "--init-from", str(init), "--stop-at", "2")
+    assert run_cli(capsys, args)[0] == 0
+    shutil.rmtree(init)
+    args = _train_args(corpus, tmp_path / "run", cache, "--init-from", str(init), "--resume")
+    rc, _, err = run_cli(capsys, args)
+    assert rc == 0, err
+    assert load_checkpoint(tmp_path / "run").step == 3
+
+
+def test_round2_cli_out_of_memory_is_one_line(capsys, tmp_path, corpus, cache, monkeypatch):
+    def allocate(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 13421772800 bytes.\nmore lines")
+
+    monkeypatch.setattr(cli, "train_on_text", allocate)
+    assert_cli_error(capsys, _train_args(corpus, tmp_path / "out", cache, "--batch-size", "100000"),
+                     "out of memory", "--batch-size")
+
+
+# `sample` / `visualize` / `train`: (id, command and options, needles); refused before any sampling.
+CLI_ROUND2_ERRORS = [
+    ("sample steps 1e9", ["sample", "--steps", "1000000000"], ("--steps 1000000000", "100 x seq_len = 6400")),
+    ("sample seq-len 0", ["sample", "--seq-len", "0"], ("--seq-len", ">= 1", "0")),
+    ("sample seq-len -5", ["sample", "--seq-len", "-5"], ("--seq-len", "-5")),
+    ("sample seed 2**70", ["sample", "--seed", str(2**70)], ("--seed",)),
+    ("visualize steps 1e7", ["visualize", "--record", "{tmp}/a.gif", "--steps", "10000000"], ("--steps", "100 x")),
+    ("visualize seq-len 0", ["visualize", "--record", "{tmp}/a.gif", "--seq-len", "0"], ("--seq-len",)),
+    ("visualize stride 0", ["visualize", "--record", "{tmp}/a.gif", "--stride", "0"], ("--stride", "0")),
+    ("visualize stride -1", ["visualize", "--record", "{tmp}/a.gif", "--stride", "-1"], ("--stride", "-1")),
+    ("record .gif", ["visualize", "--record", "{tmp}/.gif"], ("a name before .gif",)),
+    ("record a folder", ["visualize", "--record", "{tmp}/x.gif"], ("is a folder",)),
+    ("record in /proc", ["visualize", "--record", "/proc/x.gif"], ("/proc/x.gif", "cannot write")),
+    ("train seed 2**70", ["train", "--seed", str(2**70)], ("TrainConfig.seed",)),
+    ("train data empty", ["train", "--data", ""], ("--data is empty",)),
+    ("train out empty", ["train", "--out", ""], ("--out is empty",)),
+    ("sample a meta.json", ["sample", "--checkpoint", "{meta}"], ("a file, not a checkpoint", "its folder")),
+]
+
+
+@pytest.mark.parametrize("argv, needles", [c[1:] for c in CLI_ROUND2_ERRORS], ids=[c[0] for c in CLI_ROUND2_ERRORS])
+def test_round2_cli_error_before_sampling(capsys, tmp_path, corpus, cache, trained, monkeypatch, argv, needles):
+    (tmp_path / "x.gif").mkdir()
+    (meta,) = trained.glob("step-*/meta.json")
+    argv = [a.format(tmp=tmp_path, meta=meta) for a in argv]
+    if argv[0] == "train":
+        argv = _train_args(corpus, tmp_path / "out", cache, *argv[1:])
+    elif "--checkpoint" not in argv:
+        argv = [argv[0], "--checkpoint", str(trained), *argv[1:]]
+    _no_long_work(monkeypatch)
+    assert_cli_error(capsys, argv, *needles)
+
+
+@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root may write anywhere")
+def test_round2_cli_record_into_a_read_only_folder(capsys, tmp_path, trained, monkeypatch):
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    _no_long_work(monkeypatch)
+    assert_cli_error(capsys, ["visualize", "--checkpoint", trained, "--record", tmp_path / "ro" / "a.gif"],
+                     "cannot write")
+
+
+CLI_EVAL_ERRORS = [
+    ("passes 0", ["--passes", "0"], ("eval.passes", "0")),
+    ("passes -1", ["--passes", "-1"], ("eval.passes", "-1")),
+    ("windows 0", ["--windows", "0"], ("eval.windows", "0")),
+    ("windows -5", ["--windows", "-5"], ("eval.windows", "-5")),
+    ("samples -3", ["--samples", "-3"], ("eval.samples", "-3")),
+    ("samples with steps 0", ["--samples", "4", "--steps", "0"], ("--steps", ">= 1")),
+    ("samples with steps 1e9", ["--samples", "4", "--steps", "1000000000"], ("--steps", "100 x seq_len")),
+    ("seed 2**70", ["--seed", str(2**70)], ("eval.seed",)),
+    ("judge nowhere", ["--samples", "2", "--judge", "{tmp}/none"], ("no such checkpoint",)),
+    ("judge an MDLM", ["--samples", "2", "--judge", "{mdlm}"], ("--judge", "an MDLM, not an AR model")),
+    ("judge with another tokenizer", ["--samples", "2", "--judge", "{other_ar}"], ("--judge", "another tokenizer")),
+]
+
+
+@pytest.fixture(scope="module")
+def other_ar(tmp_path_factory, corpus, cache) -> Path:
+    """An AR twin with another tokenizer (vocabulary 300)."""
+    out = tmp_path_factory.mktemp("other_ar") / "run"
+    assert cli.main(_train_args(corpus, out, cache, "--objective", "ar", "--vocab-size", "300")) == 0
+    return out
+
+
+@pytest.mark.parametrize("extra, needles", [c[1:] for c in CLI_EVAL_ERRORS], ids=[c[0] for c in CLI_EVAL_ERRORS])
+def test_round2_cli_eval_error_before_the_evaluation(capsys, tmp_path, trained, other_ar, monkeypatch, extra, needles):
+    extra = [e.format(tmp=tmp_path, mdlm=trained, other_ar=other_ar) for e in extra]
+    _no_long_work(monkeypatch)
+    assert_cli_error(capsys, ["eval", "--checkpoint", trained, *extra], *needles)
+
+
+def test_round2_cli_sample_an_ar_checkpoint_left_to_right(capsys, trained_ar):
+    """`sample` on the AR twin: ar_sample's draws (same seed, same start), never the masked-diffusion sampler."""
+    rc, out, err = run_cli(capsys, ["sample", "--checkpoint", trained_ar, "--num", "2", "--seed", "3"])
+    assert rc == 0 and "left to right" in err, err
+    model, tok, _ = load_pretrained(trained_ar)
+    want = ar_sample(model, num_samples=2, seq_len=64, prompt=torch.tensor(tok.encode("\n")[:1]), mask_id=tok.mask_id,
+                     generator=torch.Generator().manual_seed(3))
+    assert out == "".join(f"--- sample {i + 1}\n{visualize_module.render(tok, row)}\n"
+                          for i, row in enumerate(want.tolist()))
+
+
+def test_round2_visualize_an_ar_checkpoint_left_to_right(capsys, tmp_path, trained_ar):
+    """The window and the GIF show the AR twin writing left to right: position i is revealed at step i."""
+    model, tok, _ = load_pretrained(trained_ar)
+    traj = visualize_module.Trajectory(model, tok, seq_len=16, steps=None, seed=3)
+    traj.run()
+    assert traj.error is None and traj.method == "left-to-right"
+    assert traj.reveal_step.tolist() == list(range(16)) and traj.total_steps == 15
+    want = ar_sample(model, num_samples=1, seq_len=16, prompt=torch.tensor(tok.encode("\n")[:1]), mask_id=tok.mask_id,
+                     generator=torch.Generator().manual_seed(3))[0]
+    assert traj.ids(traj.num_frames - 1).tolist() == want.tolist()
+    assert 0 < float(traj.prob[1:].min()) and float(traj.prob[1:].max()) <= 1
+    pytest.importorskip("pygame")
+    pytest.importorskip("PIL")
+    rc, out, err = run_cli(capsys, ["visualize", "--checkpoint", trained_ar, "--seq-len", "16", "--record",
+                                    tmp_path / "ar.gif"])
+    assert rc == 0 and "left to right" in err, err
+    assert (tmp_path / "ar.gif").stat().st_size > 0
+
+
+def test_round2_cli_sample_shows_control_characters_as_replacement(capsys, trained):
+    rc, out, err = run_cli(capsys, ["sample", "--checkpoint", trained, "--prompt", "\x1b[2Jhi\x1b]0;x\x07",
+                                    "--seq-len", "40"])
+    assert rc == 0, err
+    assert "\x1b" not in out and "\x07" not in out and "\ufffd" in out
+
+
+def test_round2_cli_broken_pipe_exits_quietly(tmp_path, trained):
+    """`sample ... | head -1`: the reader has gone; the command exits without a traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "mdlm_course", "sample", "--checkpoint", str(trained), "--num", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    proc.stdout.close()                                             # before the first line is written
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert proc.returncode == 141
+
+
+def test_round2_causal_flipped_against_the_objective(saved):
+    """An MDLM whose meta.json says causal (hash removed) would be scored as an AR model: its train_config's
+    objective says otherwise, and loading says so."""
+    _edit_meta(saved, _set("model_config", "causal", value=True), rehash=False)
+    _edit_meta(saved, _drop("meta_sha256"), rehash=False)
+    assert_one_line_error(CheckpointError, lambda: load_checkpoint(saved), '"model_config.causal"', "'mdlm'")
+
+
+def test_round2_unreadable_model_file_is_named_as_such(saved, monkeypatch):
+    real = os.access
+    monkeypatch.setattr(ckpt_module.os, "access", lambda p, mode: not str(p).endswith("model.safetensors")
+                        and real(p, mode))
+    assert_one_line_error(CheckpointError, lambda: load_checkpoint(saved), "model.safetensors", "cannot be read",
+                          "permission")
+
+
+def test_round2_sample_on_a_meta_device_model():
+    model = MDLM(ModelConfig(**SMALL_MODEL)).to("meta")
+    assert_one_line_error(MdlmError, lambda: _sample(model), "meta device", "load_pretrained")
+
+
+def test_round2_record_onto_a_full_disk(capsys, tmp_path, trained, monkeypatch):
+    """ENOSPC while the GIF is written: one line naming the file, and no half-written GIF."""
+    pytest.importorskip("pygame")
+    pytest.importorskip("PIL")
+
+    @contextmanager
+    def full_disk(path):
+        raise OSError(28, "No space left on device")
+        yield                                                       # never reached: the write fails first
+
+    monkeypatch.setattr(visualize_module, "atomic_path", full_disk)
+    assert_cli_error(capsys, ["visualize", "--checkpoint", trained, "--seq-len", "8", "--record", tmp_path / "a.gif"],
+                     "a.gif", "No space left on device", "--record")
+    assert not (tmp_path / "a.gif").exists()
+
+
+def test_round2_sample_out_of_memory_is_one_line(capsys, trained, monkeypatch):
+    def allocate(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 52428800000 bytes.")
+
+    monkeypatch.setattr(visualize_module, "sample", allocate)
+    assert_cli_error(capsys, ["sample", "--checkpoint", trained, "--num", "100000"], "out of memory", "--num")
+
+
+def test_round2_bpe_on_text_without_whitespace_says_why_it_is_slow(capsys, monkeypatch):
+    """Text without spaces splits into chunks that never repeat, and BPE's work grows with their bytes: a note
+    says so before the minutes start (the threshold lowered here, so that a small text shows it)."""
+    monkeypatch.setattr(tokenizer_module, "SLOW_DISTINCT_BYTES", 5_000)
+    text = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(3000))    # CJK without spaces: no repeats
+    BPETokenizer.train(text, 260, verbose=True)
+    err = capsys.readouterr().err
+    assert "distinct chunks" in err and "without spaces" in err and "minutes" in err
+    BPETokenizer.train(TEXT, 260, verbose=True)                     # repeated words: no note
+    assert "distinct chunks" not in capsys.readouterr().err
+
+
+def test_round2_sample_api_steps_capped(small_model):
+    """sample(steps=10**9) used to build a time grid of gigabytes (OOM-killed after 94 s): one line now."""
+    assert_one_line_error(MdlmError, lambda: _sample(small_model, steps=10**9), "steps=1000000000", "gigabytes")
+
+
+def test_round2_run_lock_without_hard_links(tmp_path, monkeypatch):
+    """A file system without hard links still gets a lock (O_EXCL), released afterwards."""
+    def no_links(src, dst):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(ckpt_module.os, "link", no_links)
+    with ckpt_module.run_lock(tmp_path / "run") as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        _write_lock(tmp_path / "other", os.getppid())
+        assert_one_line_error(CheckpointError, lambda: ckpt_module.run_lock(tmp_path / "other").__enter__(),
+                              "in use by another training")
+    assert not lock.exists()
+
+
+@pytest.mark.parametrize("command, target", [("demo", "run_demo"), ("eval", "evaluate_checkpoint")])
+def test_round2_cli_broken_pipe_in_demo_and_eval(capsys, monkeypatch, trained, command, target):
+    """`demo | head -3`, `eval ... | head -1`: the same quiet exit as `sample`."""
+    def reader_gone(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, target, reader_gone)
+    rc, out, err = run_cli(capsys, [command] + (["--checkpoint", trained] if command == "eval" else []))
+    assert rc == 141 and err == ""
+
+
+def test_round2_cli_eval_with_an_ar_judge_of_the_same_tokenizer(capsys, trained, trained_ar):
+    """Correct behaviour: an AR judge with the checkpoint's tokenizer is accepted and scores the samples."""
+    rc, out, err = run_cli(capsys, ["eval", "--checkpoint", trained, "--windows", "2", "--passes", "2", "--samples",
+                                    "2", "--steps", "8", "--judge", trained_ar])
+    assert rc == 0, err
+    assert "generative perplexity" in out
+
+
+def test_round2_resume_with_an_extra_train_config_field(capsys, corpus, cache, run_copy):
+    """A train_config field this version does not know: sampling still loads it; resuming says so in one line."""
+    for ck in run_copy.glob("step-*"):
+        _edit_meta(ck, _set("train_config", "extra", value=1))
+    assert load_pretrained(run_copy)[0] is not None
+    before = _snapshot(run_copy)
+    args = _train_args(corpus, run_copy, cache, "--seed", "7", "--resume")
+    args[args.index("--steps") + 1] = "5"
+    assert_cli_error(capsys, args, "cannot resume", "unknown fields ['extra']")
+    assert _snapshot(run_copy) == before
+
+
+def test_round2_first_hitting_ignores_steps_so_no_cap(capsys, trained):
+    """Correct behaviour: first_hitting takes one step per token whatever --steps says; a large one is not an error."""
+    rc, out, err = run_cli(capsys, ["sample", "--checkpoint", trained, "--method", "first_hitting", "--steps",
+                                    "1000000", "--seq-len", "8"])
+    assert rc == 0 and out.startswith("--- sample 1"), err
+
+
+def test_round2_resume_with_a_stop_at_already_passed(capsys, corpus, cache, run_copy):
+    """--stop-at at or below the step reached: the note names --stop-at (not --steps), exit 0, nothing written."""
+    before = _snapshot(run_copy)
+    args = _train_args(corpus, run_copy, cache, "--seed", "7", "--resume", "--stop-at", "2")
+    args[args.index("--steps") + 1] = "10"
+    rc, out, err = run_cli(capsys, args)
+    assert rc == 0, err
+    assert "already at step 3; pass a larger --stop-at" in out + err
+    assert _snapshot(run_copy) == before
+
+
+def test_round2_export_into_a_run_that_holds_checkpoints(tmp_path, trained):
+    """Exporting into the source run (or any folder with checkpoints) would replace its checkpoint by one without
+    optimizer state: refused, and the run is untouched."""
+    run = Path(shutil.copytree(trained, tmp_path / "run"))
+    before = _snapshot(run)
+    assert_one_line_error(CheckpointError, lambda: export_for_shipping(run, run), "already holds checkpoints",
+                          "new folder")
+    assert_one_line_error(CheckpointError, lambda: export_for_shipping(run, next(run.glob("step-*")) / "x"),
+                          "inside the checkpoint folder")
+    assert _snapshot(run) == before
+
+
+def test_round2_run_lock_between_threads_of_one_process(tmp_path):
+    """Two trainings in two threads of one process (a notebook) into one folder: the second is refused too;
+    the same thread may nest (train_on_text, then train())."""
+    errors = []
+    with ckpt_module.run_lock(tmp_path / "run"):
+        with ckpt_module.run_lock(tmp_path / "run"):                # nested in the same thread: fine
+            pass
+        assert (tmp_path / "run" / ".lock").exists()
+
+        def second():
+            try:
+                with ckpt_module.run_lock(tmp_path / "run"):
+                    pass
+            except CheckpointError as e:
+                errors.append(str(e))
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join()
+    assert len(errors) == 1 and "in use by another training" in errors[0] and str(os.getpid()) in errors[0]
+    assert not (tmp_path / "run" / ".lock").exists()
+
+
+def test_round2_train_api_refuses_to_resume_an_exported_checkpoint(tmp_path, trained):
+    """train() itself (not only the CLI) refuses an exported checkpoint, before any step."""
+    export_for_shipping(trained, tmp_path / "shipped")
+    model, tok, meta = load_pretrained(tmp_path / "shipped")
+    data = TokenData(torch.arange(5000) % 200, torch.arange(2000) % 200)
+    cfg = TrainConfig.from_dict(meta["train_config"])
+    before = _snapshot(tmp_path / "shipped")
+    assert_one_line_error(CheckpointError, lambda: train_model(model.train(), cfg, data, tokenizer=tok,
+                                                               out_dir=tmp_path / "shipped", resume=True,
+                                                               progress=False), "no optimizer state", "--init-from")
+    assert _snapshot(tmp_path / "shipped") == before

@@ -17,7 +17,8 @@ from mdlm_course.ar import ar_loss, ar_sample, next_token_nll
 from mdlm_course.checkpoint import init_weights, load_checkpoint, load_pretrained, save_checkpoint
 from mdlm_course.cli import main
 from mdlm_course.data import DEFAULT_CORPUS, TokenData
-from mdlm_course.evaluate import (evaluate, likelihood_report, make_val_set, repeated_4gram_fraction, sample_quality,
+from mdlm_course.evaluate import (bits_per_byte, copied_spans, evaluate, likelihood_report, make_val_set,
+                                  paired_difference, ratio_linearised, repeated_4gram_fraction, sample_quality,
                                   unigram_entropy, words)
 from mdlm_course.model import MDLM, ModelConfig
 from mdlm_course.tokenizer import BPETokenizer
@@ -73,12 +74,95 @@ def test_likelihood_report_averages_passes_and_reports_the_prior_term(data, byte
     runs = [evaluate(model, make_val_set(data.val_ids, 32, 4, 256, None, byte_tok, 2, "mdlm", p, 3), 256)
             for p in range(3)]
     assert rep["val_nelbo"] == pytest.approx(sum(r["val_nelbo"] for r in runs) / 3, rel=1e-9)
-    assert rep["stderr"] == pytest.approx(float(torch.tensor([r["val_nelbo"] for r in runs]).std() / math.sqrt(3)))
+    assert rep["stderr_passes"] == pytest.approx(float(torch.tensor([r["val_nelbo"] for r in runs]).std() / math.sqrt(3)))
+    assert rep["val_bpb"] == pytest.approx(sum(r["val_bpb"] for r in runs) / 3, rel=1e-9)
     assert rep["ppl"] == pytest.approx(math.exp(rep["val_nelbo"]))
     # an untrained model predicts ~uniformly: the prior term is ~ eps ln(V - 1)
     assert rep["prior"] == pytest.approx(1e-3 * math.log(256), rel=0.05)
     one = make_val_set(data.val_ids, 32, 4, 256, None, byte_tok, 2, "mdlm", 0, 1)
     assert torch.allclose(one.t, (torch.arange(8) + 0.5) / 8)     # one pass: the training loop's grid
+
+
+def test_likelihood_report_is_the_same_for_a_model_left_in_training_mode(data, byte_tok):
+    """Dropout must be off for every figure of the report (the AR windows and the prior term included), and the
+    model comes back in the mode it was given in."""
+    for causal in (False, True):
+        torch.manual_seed(0)
+        model = MDLM(ModelConfig(vocab_size=257, seq_len=32, n_layer=1, n_head=2, d_model=32, causal=causal,
+                                 dropout=0.5))
+        kw = dict(tokenizer=byte_tok, objective="ar" if causal else "mdlm", windows=4, t_per_window=2, passes=2)
+        reference = likelihood_report(model.eval(), data.val_ids, **kw)
+        model.train()
+        report = likelihood_report(model, data.val_ids, **kw)
+        assert model.training
+        for key in ("val_bpb", "stderr_bpb", "prior"):
+            assert report.get(key) == reference.get(key), (causal, key)
+        assert torch.equal(report["window_nats"], reference["window_nats"])
+
+
+def test_ratio_standard_error_matches_the_spread_over_redrawn_windows():
+    """The delta-method error of a ratio of sums, std(z) / sqrt(n), against the brute force: draw the n windows
+    again and again from a population and measure the spread of the ratio itself."""
+    g = torch.Generator().manual_seed(0)
+    pop_bytes = 900 + 300 * torch.rand(5000, generator=g, dtype=torch.float64)            # bytes per window
+    pop_nats = pop_bytes * (1.4 + 0.3 * torch.randn(5000, generator=g, dtype=torch.float64))
+    n = 64
+    draws = [torch.randint(0, 5000, (n,), generator=g) for _ in range(4000)]
+    spread = torch.tensor([ratio_linearised(pop_nats[i], pop_bytes[i])[0] for i in draws]).std()
+    predicted = torch.tensor([ratio_linearised(pop_nats[i], pop_bytes[i])[1].std() / math.sqrt(n)
+                              for i in draws[:200]]).mean()
+    assert float(predicted) == pytest.approx(float(spread), rel=0.08)
+    bpb, z = bits_per_byte(pop_nats[:10], pop_bytes[:10])
+    assert bpb == pytest.approx(float(pop_nats[:10].sum() / pop_bytes[:10].sum()) / math.log(2))
+    assert float(z.sum()) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_paired_difference_removes_the_shared_difficulty_of_the_windows():
+    """Two models that find the same windows hard: each figure's own error is large, the paired error of the
+    difference is small, and it matches the spread of the difference over redrawn windows."""
+    g = torch.Generator().manual_seed(1)
+    N, n = 5000, 64
+    n_bytes = 900 + 300 * torch.rand(N, generator=g, dtype=torch.float64)
+    hard = 1.5 + 0.4 * torch.randn(N, generator=g, dtype=torch.float64)                 # shared difficulty
+    a = n_bytes * (hard + 0.05 + 0.02 * torch.randn(N, generator=g, dtype=torch.float64))
+    b = n_bytes * (hard + 0.02 * torch.randn(N, generator=g, dtype=torch.float64))
+
+    def report(nats, i):
+        return {"window_nats": nats[i], "window_bytes": n_bytes[i], "windows": n, "seq_len": 32}
+    draws = [torch.randint(0, N, (n,), generator=g) for _ in range(3000)]
+    pairs = [paired_difference(report(a, i), report(b, i)) for i in draws]
+    spread = torch.tensor([p["diff"] for p in pairs]).std()
+    assert float(torch.tensor([p["diff_se"] for p in pairs]).mean()) == pytest.approx(float(spread), rel=0.08)
+    ratio_spread = torch.tensor([p["ratio"] for p in pairs]).std()
+    assert float(torch.tensor([p["ratio_se"] for p in pairs]).mean()) == pytest.approx(float(ratio_spread), rel=0.08)
+    own = ratio_linearised(a[draws[0]], n_bytes[draws[0]])[1].std() / math.sqrt(n) / math.log(2)
+    assert pairs[0]["diff_se"] < own / 5                                                # pairing pays
+    with pytest.raises(ValueError, match="same windows"):
+        paired_difference(report(a, draws[0]), report(b, draws[0][:10]))
+
+
+def test_copied_spans_against_a_slow_reference():
+    g = torch.Generator().manual_seed(2)
+    train = torch.randint(0, 5, (400,), generator=g)
+    samples = torch.randint(0, 5, (6, 40), generator=g)
+    samples[0, 10:30] = train[100:120]                                                  # a copied stretch
+    spans = {tuple(train[i:i + 8].tolist()) for i in range(len(train) - 7)}
+    slow = [sum(tuple(row[i:i + 8].tolist()) in spans for i in range(33)) / 33 for row in samples]
+    assert copied_spans(samples, train).tolist() == pytest.approx(slow)
+    assert slow[0] >= 13 / 33
+
+
+def test_sample_quality_errors_and_real_text_under_the_judge(byte_tok):
+    samples = torch.tensor([list(b"the king is dead"), list(b"thx kxng zz dead"), list(b"the the the king")])
+    q = sample_quality(samples, byte_tok, train_words={"the", "king", "is", "dead"}, reference=samples[:2],
+                       ar_model=tiny(True), train_ids=torch.tensor(list(b"the king is dead, long live the king")))
+    per_sample = torch.tensor([1.0, 0.25, 1.0])                                         # real words per sample
+    assert q["real_word_rate"] == pytest.approx(9 / 12)
+    assert q["unigram_entropy_se"] == pytest.approx(
+        float(torch.tensor([unigram_entropy(x) for x in samples]).std() / math.sqrt(3)))
+    assert q["real_word_rate_se"] > 0 and per_sample.std() > 0
+    assert q["copied_8grams"] == pytest.approx((1.0 + 0.0 + 3 / 9) / 3)    # all of the first; "e the ki" ... of the third
+    assert q["gen_ppl"] > 1 and q["data_gen_ppl"] > 1 and q["gen_ppl_se"] > 0
 
 
 def test_sample_quality_figures_on_hand_made_samples(byte_tok):
@@ -132,8 +216,14 @@ def test_eval_prints_each_figure_for_either_objective(tmp_path, capsys):
                  *common]) == 0
     out = capsys.readouterr().out
     for needle in ("MDLM at step 4", "val NELBO", "nats/token", "bits/byte", "exp(NELBO)", "perplexity bound", "prior term",
-                   "unigram entropy", "real words", "repeated 4-grams", "generative perplexity"):
+                   "unigram entropy", "real words", "repeated 4-grams", "generative perplexity", "copied",
+                   "real text under the same judge", "standard error over the 4 windows"):
         assert needle in out, (needle, out)
+    assert main(["eval", "--checkpoint", str(tmp_path / "mdlm"), "--compare", str(tmp_path / "ar"), *common[:4]]) == 0
+    out = capsys.readouterr().out
+    assert "on the same windows" in out and "difference:" in out and "paired over the 4 windows" in out
+    assert main(["eval", "--checkpoint", str(tmp_path / "ar"), "--judge", str(tmp_path / "mdlm"), *common]) == 2
+    assert "must be an AR twin" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(tmp_path / "ar"), *common]) == 0
     out = capsys.readouterr().out
     assert "AR at step 4" in out and "val NLL" in out and "NELBO" not in out and "bits/byte" in out
@@ -141,7 +231,7 @@ def test_eval_prints_each_figure_for_either_objective(tmp_path, capsys):
     assert meta["train_config"]["init_from"] == str(tmp_path / "ar") and meta["model_config"]["causal"] is False
     assert main(["eval", "--checkpoint", str(tmp_path / "mdlm"), "--passes", "1", *common[:4]]) == 0
     out = capsys.readouterr().out
-    assert ", 1 pass\n" in out and "no standard error" in out and "nan" not in out
+    assert ", 1 pass\n" in out and "over 1 passes: n/a" in out and "nan" not in out and " ± " in out
     assert main(["eval", "--checkpoint", str(tmp_path / "mdlm"), "--passes", "1", "--steps", "1", "--block-length", "1",
                  *common[:6]]) == 0
     assert "2 samples (ancestral, 1 steps per block of 1)" in capsys.readouterr().out

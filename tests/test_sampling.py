@@ -218,6 +218,54 @@ def test_caching_changes_only_the_number_of_calls(method, steps, time_conditione
             assert abs(k - round(k)) < 1e-5 and (t == t[0]).all()
 
 
+class SwitchAtHalf:
+    """A context-blind, time-conditioned denoiser over {0, 1} ([MASK] = 2) whose answer depends on t alone:
+    token 0 when t > 0.5, token 1 otherwise. In the continuous-time reverse process a masked position is
+    revealed at a time tau with P(tau <= s) = (1 - alpha_s) / (1 - alpha_1), independently of the others,
+    and its token comes from p_theta(. | x, tau). So every position is 0 with probability
+    P(tau > 0.5) = 1 - (1 - alpha_0.5) / (1 - alpha_1), independently: the exact law is a product of
+    Bernoullis, known in closed form. A sampler that asks the model at the wrong time gets it wrong
+    (asking at the previous reveal's time gives token 0 to the first position every time)."""
+    mask_id = 2
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, xt, t):
+        self.calls.append(t.clone())
+        answer = (t <= 0.5).long()[:, None].expand(xt.shape)                     # (B, L) 0 or 1
+        return torch.nn.functional.one_hot(answer, 3).float() * 30.0             # (B, L, 3), sure of it
+
+
+@pytest.mark.parametrize("schedule", ["loglinear", "cosine"])
+@pytest.mark.parametrize("method,steps", [("first_hitting", None), ("ancestral", 1000)])
+def test_exact_samplers_ask_a_time_conditioned_model_at_the_right_time(method, steps, schedule):
+    n, L = 20_000, 3
+    sched = get_schedule(schedule)
+    a_half, a_one = (float(sched.alpha(torch.tensor(v, dtype=torch.float64))) for v in (0.5, 1.0))
+    p0 = 1 - (1 - a_half) / (1 - a_one)                     # P(token 0) at each position, exact
+    x = sample(SwitchAtHalf(), mask_id=2, num_samples=n, seq_len=L, steps=steps, method=method,
+               schedule=sched, generator=gen(11))           # (n, L)
+    se = math.sqrt(p0 * (1 - p0) / n)
+    freq0 = (x == 0).double().mean(0)                       # (L,) per position
+    assert (freq0 - p0).abs().max() < 5 * se, (freq0, p0)
+    # independence: the joint law over the 2^L cells is the product of the marginals
+    cells = (x * torch.tensor([4, 2, 1])).sum(1)            # (n,) cell index in [0, 8)
+    ones = torch.tensor([bin(c).count("1") for c in range(8)], dtype=torch.float64)
+    joint = p0 ** (L - ones) * (1 - p0) ** ones             # (8,)
+    freq = torch.bincount(cells, minlength=8).double() / n
+    assert ((freq - joint).abs() / (joint * (1 - joint) / n).sqrt()).max() < 5
+
+
+def test_first_hitting_calls_the_model_at_the_time_of_each_reveal():
+    model = SwitchAtHalf()
+    steps = list(denoise(model, mask_id=2, num_samples=8, seq_len=5, steps=None, method="first_hitting",
+                         generator=gen(3)))
+    assert len(model.calls) == len(steps) == 5
+    for call, (_, t_after, _, _) in zip(model.calls, steps):      # the call of a reveal is at the reveal's time
+        assert torch.allclose(call.double(), t_after, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # Temperature, top-p and the float64 categorical
 # ---------------------------------------------------------------------------------------------
