@@ -383,6 +383,10 @@ def summary(results: dict, say=print) -> None:
         say(f"  {LABELS[name]:>19}: best at epoch {e}: {bpb:.3f} ± {sd:.3f} (train loss {loss_best:.3f}); "
             f"epoch {last_epoch}: {float(last.mean()):.3f} ± {_sd(last):.3f} (train loss {loss_last:.3f}); "
             f"last - best {float(last.mean()) - bpb:+.3f}")
+    if "mdlm_warm" in _done(results):
+        stage = torch.tensor([r["ar_stage_bpb"] for r in _done(results)["mdlm_warm"].values()], dtype=torch.float64)
+        say(f"  the warm start's AR stage alone ({results['setup']['warm_epochs']} epochs, its learning rate decayed "
+            f"by then): {float(stage.mean()):.3f} ± {_sd(stage):.3f}")
     for name in [m for m in _done(results) if m != "ar" and "ar" in _done(results)]:
         say(f"\n{LABELS[name]} - AR twin, bits/byte (mean over seeds; paired SE over windows; SE over seeds):")
         say("  epoch    diff   SE(windows)  SE(seeds)")

@@ -27,6 +27,9 @@ from .sampling import Step, _check_int, categorical, check_temperature_top_p, to
 
 def next_token_nll(logits: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     """-log p(x^i | x^{<i}) for i = 1..L-1: logits (B, L, V) of a causal model on x0 (B, L) -> (B, L-1) float32."""
+    if logits.dim() != 3 or x0.dim() != 2 or logits.shape[:2] != x0.shape:     # shapes only: no device sync
+        raise MdlmError(f"next_token_nll: logits must be (B, L, V), the model's output on x0 (B, L); got logits "
+                        f"{tuple(logits.shape)} and x0 {tuple(x0.shape)}")
     pred = logits[:, :-1].float()                                   # (B, L-1, V) position i predicts i+1
     target = x0[:, 1:]                                              # (B, L-1)
     nll = F.cross_entropy(pred.flatten(0, 1), target.flatten(), reduction="none")   # (B (L-1),)

@@ -149,6 +149,19 @@ def encode_cached(text: str, tokenizer, cache_dir: str | Path | None = CACHE_DIR
     return ids
 
 
+def _token_ids(ids, name: str) -> torch.Tensor:
+    """TokenData's door: a 1-D tensor, array or list of integer token ids -> (N,) int64; text is refused."""
+    if isinstance(ids, (str, bytes)) or ids is None:
+        raise DataError(f"TokenData {name} must be token ids (a 1-D tensor or array), got {type(ids).__name__}; "
+                        "for a text use TokenData.from_text(text, tokenizer)")
+    ids = torch.as_tensor(ids)
+    not_ids = ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool
+    if ids.dim() != 1 or (not_ids and ids.numel() > 0):             # [] is float32 to torch, yet no tokens at all
+        raise DataError(f"TokenData {name} must be a 1-D stream of integer token ids, got shape {tuple(ids.shape)} "
+                        f"dtype {ids.dtype}")
+    return ids.long()
+
+
 class TokenData:
     """The encoded corpus: train_ids and val_ids, 1-D int64 tensors (val = the last 5% of the characters).
 
@@ -157,8 +170,8 @@ class TokenData:
     """
 
     def __init__(self, train_ids, val_ids, source: dict | None = None):
-        self.train_ids = torch.as_tensor(train_ids).long()   # (N_train,)
-        self.val_ids = torch.as_tensor(val_ids).long()       # (N_val,)
+        self.train_ids = _token_ids(train_ids, "train_ids")  # (N_train,)
+        self.val_ids = _token_ids(val_ids, "val_ids")        # (N_val,)
         self.source = source   # {"path", "sha256"} of the text file, recorded in checkpoints (eval's default)
 
     @classmethod

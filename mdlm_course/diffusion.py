@@ -196,6 +196,21 @@ def check_mask_id(mask_id) -> None:
         raise MdlmError(f"mask_id must be an int >= 0 (the tokenizer's mask_id), got {mask_id!r}")
 
 
+def check_bool(name: str, value) -> None:
+    """A flag must be True or False: a string like "no" would silently count as True."""
+    if not isinstance(value, bool):
+        raise MdlmError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
+def check_reverse_times(s, t, who: str) -> None:
+    """A reverse step's times: 0 <= s <= t <= 1 and t > 0 (s the earlier time; NaN fails too)."""
+    s, t = torch.broadcast_tensors(_as_float(s), _as_float(t))
+    bad = ~((s >= 0) & (s <= t) & (t > 0) & (t <= 1))
+    if bool(bad.any()):
+        raise MdlmError(f"{who} needs 0 <= s <= t <= 1 and t > 0 (s the earlier time), got s={s[bad][0].item():g}, "
+                        f"t={t[bad][0].item():g}")
+
+
 def _per_row(t, B: int, device) -> torch.Tensor:
     """t as a float tensor of shape (B,): a float or a 0-d tensor is broadcast."""
     t = _as_float(t).to(device)
@@ -260,6 +275,7 @@ def unmask_probability(s, t, schedule: Schedule | str | None = None) -> torch.Te
     step of a sampler reveals each masked position with this probability.
     """
     schedule = get_schedule(schedule)
+    check_reverse_times(s, t, "unmask_probability")
     alpha_s, alpha_t = schedule.alpha(s), schedule.alpha(t)
     return (alpha_s - alpha_t) / (1 - alpha_t)
 
@@ -273,6 +289,9 @@ def sample_t(batch_size: int, *, stratified: bool = True, generator: torch.Gener
     which t were drawn; it does not remove it (each t is still random within its stratum), and it leaves
     the variance of the masks at a given t untouched (notebook 04). Not antithetic: that would pair u with 1 - u.
     """
+    check_bool("stratified", stratified)
+    if isinstance(t_min, bool) or not isinstance(t_min, numbers.Real) or not 0 <= t_min < 1:   # NaN fails too
+        raise MdlmError(f"t_min must be a number in [0, 1) (the smallest time drawn, e.g. {T_MIN}), got {t_min!r}")
     if stratified:
         u = uniform((1,), generator, device)                        # (1,)
         offsets = torch.arange(batch_size, device=device) / batch_size
@@ -381,6 +400,7 @@ def nelbo_terms(model: Model, x0: torch.Tensor, *, mask_id: int, schedule: Sched
     masked_nll by an equal function (the training loop passes a torch.compile'd one).
     """
     x0 = check_tokens(x0, "x0")
+    check_bool("stratified", stratified)
     B, L = x0.shape
     if B == 0 or L == 0:
         raise MdlmError(f"x0 is empty (shape {tuple(x0.shape)}); the NELBO needs at least one token")

@@ -58,7 +58,7 @@ from .config import OBJECTIVES, check_number
 from .data import (DEFAULT_CORPUS, check_long_enough, course_path, fixed_windows, load_text, split_text,
                    text_sha256)
 from .device import autocast
-from .diffusion import get_schedule, masked_nll, prior_term, q_sample
+from .diffusion import check_tokens, get_schedule, masked_nll, prior_term, q_sample
 from .errors import MdlmError
 from .model import unwrap
 from .sampling import check_steps, sample
@@ -256,6 +256,8 @@ WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")   # letters and digits, with inner ap
 
 def words(text: str) -> list[str]:
     """Lower-cased words: split on whitespace, punctuation stripped.  words("O, Romeo! 'Tis") -> ['o', 'romeo', 'tis']"""
+    if not isinstance(text, str):
+        raise MdlmError(f"words: text must be a str, got {type(text).__name__}; decode ids first (tokenizer.decode)")
     out = []
     for chunk in text.split():
         out.extend(w.lower() for w in WORD.findall(chunk))
@@ -305,6 +307,12 @@ def _mean_se(values: torch.Tensor) -> tuple[float, float]:
     return float(values.mean()), _stderr(values)
 
 
+def check_samples(samples) -> None:
+    """sample_quality's door: samples (N, L) of integer token ids with N >= 1 (its figures are means over samples)."""
+    if check_tokens(samples, "samples").shape[0] == 0:
+        raise MdlmError("samples has 0 rows; sample_quality needs at least one sample, a LongTensor (N, L) with N >= 1")
+
+
 @torch.no_grad()
 def sample_quality(samples: torch.Tensor, tokenizer, *, train_words: set[str], reference: torch.Tensor | None = None,
                    ar_model=None, train_ids: torch.Tensor | None = None) -> dict:
@@ -314,6 +322,7 @@ def sample_quality(samples: torch.Tensor, tokenizer, *, train_words: set[str], r
     perplexity under the same judge: the judge favours text like its own, so real text is the yardstick);
     ar_model: the AR twin as judge, for generative perplexities; train_ids: the training split's ids, for the
     share of 8-token spans copied verbatim from it (the real-word rate rewards copying)."""
+    check_samples(samples)
     texts = [tokenizer.decode(row.tolist()) for row in samples]
     per_sample = [words(text) for text in texts]
     real = torch.tensor([sum(w in train_words for w in ws) for ws in per_sample], dtype=torch.float64)   # (N,)
@@ -350,15 +359,15 @@ def evaluate_checkpoint(path, *, data_path=None, windows: int = 64, passes: int 
     generative perplexity). `compare`: another checkpoint of the same tokenizer and window length, scored on
     the same windows, with the paired difference in bits per byte. The objective is read from the checkpoint."""
     _check_eval_args(path, windows=windows, passes=passes, samples=samples, steps=steps, method=method, judge=judge,
-                     seed=seed)
+                     compare=compare, seed=seed)
     if block_length is not None:                                    # before an evaluation of minutes, not after
         check_number("eval", "block_length", block_length, integer=True, lo=1)
     model, tok, meta = load_pretrained(path)
     if tok is None:
         raise CheckpointError(f"{path}: the checkpoint has no tokenizer, so bits per byte cannot be measured")
     objective = "ar" if model.config.causal else "mdlm"
-    judge_model = _partner(judge, "--judge", tok, model.config.seq_len, must_be_ar=True) if judge is not None else None
-    compare_model = _partner(compare, "--compare", tok, model.config.seq_len) if compare is not None else None
+    judge_model = _partner(judge) if judge is not None else None
+    compare_model = _partner(compare) if compare is not None else None
     text, data_path = _scored_text(data_path, meta, say)
     train_text, val_text = split_text(text)
     val_ids = torch.tensor(tok.encode_fast(val_text) if hasattr(tok, "encode_fast") else tok.encode(val_text))
@@ -433,8 +442,9 @@ def _say_quality(q: dict, how: str, say) -> None:
     say("  (± is the standard error over the samples: differences under about twice it are noise)")
 
 
-def _check_eval_args(path, *, windows, passes, samples, steps, method, judge, seed) -> None:
-    """evaluate_checkpoint's door: every option, and the judge's kind and tokenizer, before minutes of evaluation."""
+def _check_eval_args(path, *, windows, passes, samples, steps, method, judge, compare, seed) -> None:
+    """evaluate_checkpoint's door: every option, and the judge's and the compared checkpoint's kind, window and
+    tokenizer (from their meta.json, without loading weights), before minutes of evaluation."""
     for name, value, lo in (("windows", windows, 1), ("passes", passes, 1), ("samples", samples, 0)):
         check_number("eval", name, value, integer=True, lo=lo)
     check_number("eval", "seed", seed, integer=True, lo=-2**63, hi=2**64 - 1)
@@ -442,20 +452,25 @@ def _check_eval_args(path, *, windows, passes, samples, steps, method, judge, se
     seq_len = read_meta(ckpt, verify=False)["model_config"]["seq_len"]
     if samples > 0:
         check_steps(steps, seq_len, method)
-    if judge is None:
-        return
-    judge_ckpt = find_checkpoint(judge, "best")
-    judged = read_meta(judge_ckpt, verify=False)["model_config"]
-    if not judged.get("causal"):
-        raise CheckpointError(f"--judge {judge}: an MDLM, not an AR model; the generative perplexity needs an AR "
+    for option, other in (("--judge", judge), ("--compare", compare)):
+        if other is not None:
+            _check_partner(option, other, ckpt, seq_len)
+
+
+def _check_partner(option: str, other, ckpt: Path, seq_len: int) -> None:
+    """A --judge must be an AR twin; a --judge or --compare checkpoint must share the tokenizer and the windows."""
+    other_ckpt = find_checkpoint(other, "best")
+    config = read_meta(other_ckpt, verify=False)["model_config"]
+    if option == "--judge" and not config.get("causal"):
+        raise CheckpointError(f"--judge {other}: an MDLM, not an AR model; the generative perplexity needs an AR "
                               "twin's checkpoint (e.g. checkpoints/shakespeare-ar)")
-    if judged["seq_len"] < seq_len:
-        raise CheckpointError(f"--judge {judge}: its {judged['seq_len']} positions are fewer than the samples' "
-                              f"{seq_len} tokens; use a judge of the same window length")
-    mine, theirs = (c / TOKENIZER_FILE for c in (ckpt, judge_ckpt))
-    if mine.is_file() and theirs.is_file() and BPETokenizer.load(mine).merges != BPETokenizer.load(theirs).merges:
-        raise CheckpointError(f"--judge {judge}: it uses another tokenizer than {path}, so it cannot score its "
-                              "samples; use the AR twin trained with the same tokenizer")
+    if option == "--judge" and config["seq_len"] < seq_len or option == "--compare" and config["seq_len"] != seq_len:
+        raise CheckpointError(f"{option} {other}: its windows are {config['seq_len']} tokens, the evaluated "
+                              f"checkpoint's {seq_len}; {'a judge needs at least as many' if option == '--judge' else 'both must score the same windows'}")
+    mine, theirs = (c / TOKENIZER_FILE for c in (ckpt, other_ckpt))
+    if not (mine.is_file() and theirs.is_file()) or BPETokenizer.load(mine).merges != BPETokenizer.load(theirs).merges:
+        raise CheckpointError(f"{option} {other}: it uses another tokenizer than {ckpt}; both must share one "
+                              "(the AR twin trained with the same tokenizer)")
 
 
 def _scored_text(data_path, meta: dict, say) -> tuple[str, Path]:
@@ -474,16 +489,9 @@ def _scored_text(data_path, meta: dict, say) -> tuple[str, Path]:
     return text, data_path
 
 
-def _partner(path, option: str, tok, seq_len: int, *, must_be_ar: bool = False):
-    """Load the --judge or --compare checkpoint before any evaluation, and check it fits: (model, meta)."""
-    model, their_tok, meta = load_pretrained(path)
-    if must_be_ar and not model.config.causal:
-        raise MdlmError(f"{option} {path}: a judge must be an AR twin (objective ar), this is an MDLM")
-    if their_tok is None or their_tok.merges != tok.merges or their_tok.vocab_size != tok.vocab_size:
-        raise MdlmError(f"{option} {path}: its tokenizer differs from the evaluated checkpoint's; both must share one")
-    if model.config.seq_len != seq_len:
-        raise MdlmError(f"{option} {path}: its windows are {model.config.seq_len} tokens, the evaluated "
-                        f"checkpoint's {seq_len}; both must score the same windows")
+def _partner(path) -> tuple:
+    """Load the --judge or --compare checkpoint (checked at the door): (model, meta with its "path")."""
+    model, _, meta = load_pretrained(path)
     return model, {**meta, "path": str(path)}
 
 

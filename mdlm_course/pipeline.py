@@ -49,7 +49,7 @@ def train_on_text(data_path: str | Path | None = None, *, preset: str = "cpu", o
     SMALL_TEXT_VOCAB for a text under SMALL_TEXT characters, where 4096 tokens would leave few examples each).
     output_shift: ModelConfig.output_shift, the MDLM reads position i's logits from position i - 1.
     """
-    _check_args(data_path, out, train_overrides)
+    _check_args(data_path, out, train_overrides, tokenizer_path, vocab_size)
     cfg = TrainConfig.preset(preset, **_with_min_lr(preset, train_overrides or {}))
     data_path = Path(data_path or DEFAULT_CORPUS)
     out = Path(out or Path("runs") / f"{data_path.stem}-{preset}")
@@ -120,8 +120,11 @@ def choose_preset(device: torch.device | str | None = None) -> tuple[str, str]:
                    "no compile (on small CPU models it does not reliably pay for itself)")
 
 
-def _check_args(data_path, out, train_overrides) -> None:
+def _check_args(data_path, out, train_overrides, tokenizer_path, vocab_size) -> None:
     """train_on_text's door for the arguments' types (the values are checked by TrainConfig and load_text)."""
+    if tokenizer_path is not None and vocab_size is not None:         # the given tokenizer fixes the vocabulary
+        raise MdlmError("--tokenizer and --vocab-size (tokenizer_path, vocab_size) exclude each other: the given "
+                        "tokenizer fixes the vocabulary; drop --vocab-size, or drop --tokenizer to train a new one")
     if data_path is not None and not isinstance(data_path, (str, os.PathLike)):
         raise MdlmError(f"data_path must be the path of a text file (str or Path), got {type(data_path).__name__} "
                         f"{data_path!r}")

@@ -77,7 +77,7 @@ from typing import Iterator, NamedTuple
 import torch
 import torch.nn as nn
 
-from .diffusion import Model, Schedule, forbid_mask, get_schedule, uniform, unmask_probability
+from .diffusion import Model, Schedule, check_bool, forbid_mask, get_schedule, uniform, unmask_probability
 from .errors import MdlmError
 
 METHODS = ("ancestral", "first_hitting", "confidence")
@@ -356,6 +356,7 @@ def denoise(model: Model, *, mask_id: int, num_samples: int, seq_len: int, steps
     check_temperature_top_p(temperature, top_p)
     if block_length is not None:
         _check_int("block_length", block_length)
+    check_bool("cache", cache)
     template = _template(prompt, seq_len, mask_id)                  # (L,)
     config = getattr(model, "config", None)
     if _model_device(model).type == "meta":

@@ -67,6 +67,9 @@ def render(tokenizer, ids, mask_glyph: str = MASK_GLYPH) -> str:
 
     A control character that a byte-level model may write (ESC, CR, ...) is drawn as U+FFFD, so that it
     cannot move a terminal's cursor or ask a font for a glyph it lacks."""
+    if not isinstance(ids, (list, tuple)) and not (isinstance(ids, (torch.Tensor, np.ndarray)) and ids.ndim == 1):
+        raise VisualizeError(f"render: ids must be one sequence of token ids (a list or a 1-D tensor), got "
+                             f"{type(ids).__name__}{f' of shape {tuple(ids.shape)}' if hasattr(ids, 'shape') else ''}")
     out, span = [], []
     for i in ids.tolist() if torch.is_tensor(ids) else ids:
         if i == tokenizer.mask_id:

@@ -1544,6 +1544,8 @@ CLI_EVAL_ERRORS = [
     ("judge nowhere", ["--samples", "2", "--judge", "{tmp}/none"], ("no such checkpoint",)),
     ("judge an MDLM", ["--samples", "2", "--judge", "{mdlm}"], ("--judge", "an MDLM, not an AR model")),
     ("judge with another tokenizer", ["--samples", "2", "--judge", "{other_ar}"], ("--judge", "another tokenizer")),
+    ("compare nowhere", ["--compare", "{tmp}/none"], ("no such checkpoint",)),
+    ("compare with another tokenizer", ["--compare", "{other_ar}"], ("--compare", "another tokenizer")),
 ]
 
 
@@ -1782,3 +1784,103 @@ def test_round2_train_api_refuses_to_resume_an_exported_checkpoint(tmp_path, tra
                                                                out_dir=tmp_path / "shipped", resume=True,
                                                                progress=False), "no optimizer state", "--init-from")
     assert _snapshot(tmp_path / "shipped") == before
+
+
+# --- round 2 (issue 23), second probe: the cases it left open ----------------------------------------
+from mdlm_course.ar import next_token_nll  # noqa: E402
+from mdlm_course.evaluate import sample_quality, words  # noqa: E402
+from mdlm_course.sampling import denoise  # noqa: E402
+
+
+def test_round2_tokenizer_with_vocab_size_is_refused(capsys, tmp_path, corpus, cache, tok):
+    """--tokenizer fixes the vocabulary, so --vocab-size beside it would be silently ignored: one line naming both,
+    in the CLI and in train_on_text, before anything is written."""
+    tok.save(tmp_path / "tok.json")
+    out = tmp_path / "out"
+    assert_cli_error(capsys, _train_args(corpus, out, cache, "--tokenizer", tmp_path / "tok.json", "--vocab-size",
+                                         "300"), "--tokenizer", "--vocab-size")
+    assert_one_line_error(MdlmError, lambda: train_on_text(corpus, out=out, tokenizer_path=tmp_path / "tok.json",
+                                                           vocab_size=300), "--tokenizer", "--vocab-size")
+    assert not out.exists()
+
+
+def test_round2_nelbo_stratified_must_be_a_bool(small_model):
+    """stratified="no" is truthy: it would silently draw stratified times. nelbo and discrete_elbo refuse it."""
+    assert_one_line_error(MdlmError, lambda: diffusion.nelbo(small_model, X0_SMALL, mask_id=49, stratified="no"),
+                          "stratified must be True or False", "'no'")
+    assert_one_line_error(MdlmError, lambda: diffusion.discrete_elbo(small_model, X0_SMALL, mask_id=49, T=10,
+                                                                     stratified=1), "stratified", "int")
+    assert torch.isfinite(diffusion.nelbo(small_model, X0_SMALL, mask_id=49, stratified=False))
+
+
+def test_round2_sample_cache_must_be_a_bool(small_model):
+    """cache="no" would silently mean cache=True: refused by sample and by denoise when called (before any step)."""
+    assert_one_line_error(MdlmError, lambda: _sample(small_model, cache="no"), "cache must be True or False", "'no'")
+    assert_one_line_error(MdlmError, lambda: denoise(small_model, mask_id=49, num_samples=1, seq_len=8, steps=4,
+                                                     cache=0), "cache", "int")
+    assert _sample(small_model, cache=False).shape == (2, 8)
+
+
+def test_round2_sample_t_checks_t_min_and_stratified():
+    """sample_t (notebook 04) with t_min outside [0, 1) gave times outside [0, 1]; NaN gave NaN times."""
+    for t_min in (2, -0.5, 1.0, float("nan"), "0.1"):
+        assert_one_line_error(MdlmError, lambda: diffusion.sample_t(4, t_min=t_min), "t_min", "[0, 1)")
+    assert_one_line_error(MdlmError, lambda: diffusion.sample_t(4, stratified="no"), "stratified", "'no'")
+    t = diffusion.sample_t(4, generator=torch.Generator().manual_seed(0), t_min=0.0)
+    assert t.shape == (4,) and bool(((t >= 0) & (t < 1)).all())
+
+
+def test_round2_unmask_probability_needs_s_before_t():
+    """s > t gave a negative 'probability'; t = 0 gave 0/0. Both refused, naming the first bad pair."""
+    assert_one_line_error(MdlmError, lambda: diffusion.unmask_probability(0.7, 0.4), "0 <= s <= t <= 1",
+                          "s=0.7", "t=0.4")
+    assert_one_line_error(MdlmError, lambda: diffusion.unmask_probability(0.0, 0.0, "cosine"), "t > 0")
+    assert_one_line_error(MdlmError, lambda: diffusion.unmask_probability(torch.tensor([0.1, 0.9]),
+                                                                          torch.tensor([0.5, 0.5])), "s=0.9")
+    assert diffusion.unmask_probability(0.4, 0.7).item() == pytest.approx(0.3 / 0.7)   # log-linear: (t - s) / t
+
+
+def test_round2_next_token_nll_shape_mismatch():
+    """Logits of one batch with the ids of another: (1, 9) and (2, 5) both flatten to 8 targets, a silent wrong
+    score; refused by the shapes (no device sync)."""
+    x0 = torch.zeros(2, 5, dtype=torch.long)
+    assert_one_line_error(MdlmError, lambda: next_token_nll(torch.randn(1, 9, 50), x0), "next_token_nll",
+                          "(1, 9, 50)", "(2, 5)")
+    assert_one_line_error(MdlmError, lambda: next_token_nll(torch.randn(2, 5), x0), "(B, L, V)")
+    assert next_token_nll(torch.randn(2, 5, 50), x0).shape == (2, 4)
+
+
+def test_round2_token_data_refuses_text():
+    """TokenData("the text", ...) said "new(): invalid data type 'str'"; now it names from_text."""
+    assert_one_line_error(DataError, lambda: TokenData("some text", "more"), "train_ids", "str",
+                          "TokenData.from_text")
+    assert_one_line_error(DataError, lambda: TokenData(np.arange(100), None), "val_ids", "NoneType")
+    assert_one_line_error(DataError, lambda: TokenData(np.arange(100.0), np.arange(10)), "train_ids", "float64")
+    assert_one_line_error(DataError, lambda: TokenData(np.arange(100), np.zeros((2, 5), dtype=np.int64)),
+                          "val_ids", "(2, 5)")
+    data = TokenData(np.arange(100, dtype=np.uint16), [1, 2, 3])
+    assert data.train_ids.dtype == data.val_ids.dtype == torch.long and data.val_ids.tolist() == [1, 2, 3]
+
+
+def test_round2_render_of_no_sequence(tok):
+    """render(tok, 5) was "'int' object is not iterable"; a batch (2, L) is refused too: render one row."""
+    assert_one_line_error(MdlmError, lambda: visualize_module.render(tok, 5), "render", "int")
+    assert_one_line_error(MdlmError, lambda: visualize_module.render(tok, torch.zeros(2, 3, dtype=torch.long)),
+                          "(2, 3)")
+    ids = tok.encode("the fox")
+    assert visualize_module.render(tok, ids) == visualize_module.render(tok, torch.tensor(ids)) == "the fox"
+
+
+def test_round2_words_of_no_text():
+    assert_one_line_error(MdlmError, lambda: words(None), "text must be a str", "NoneType")
+    assert_one_line_error(MdlmError, lambda: words(b"O Romeo"), "text must be a str", "bytes")
+    assert words("O, Romeo! 'Tis") == ["o", "romeo", "tis"]
+
+
+def test_round2_sample_quality_of_no_samples(tok):
+    """0 samples, or one sequence given as 1-D: refused at the door, before any decoding or scoring."""
+    assert_one_line_error(MdlmError, lambda: sample_quality(torch.zeros(0, 8, dtype=torch.long), tok,
+                                                            train_words=set()), "0 rows", "at least one sample")
+    assert_one_line_error(MdlmError, lambda: sample_quality(torch.zeros(8, dtype=torch.long), tok,
+                                                            train_words=set()), "samples", "(B, L)")
+    assert sample_quality(torch.tensor([tok.encode("the quick brown fox")]), tok, train_words={"the"})["samples"] == 1

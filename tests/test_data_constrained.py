@@ -168,6 +168,7 @@ def test_a_miniature_run_gives_curves_of_the_right_shape(tmp_path):
     lines = []
     dc.summary(res, say=lines.append)
     assert sum("best at epoch" in line for line in lines) == 3 and sum("the curves cross" in line for line in lines) == 2
+    assert sum("AR stage alone (2 epochs" in line for line in lines) == 1
     assert list(tmp_path.iterdir()) == []                                                 # the checkpoints are gone
 
 

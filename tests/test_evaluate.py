@@ -223,7 +223,7 @@ def test_eval_prints_each_figure_for_either_objective(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "on the same windows" in out and "difference:" in out and "paired over the 4 windows" in out
     assert main(["eval", "--checkpoint", str(tmp_path / "ar"), "--judge", str(tmp_path / "mdlm"), *common]) == 2
-    assert "must be an AR twin" in capsys.readouterr().err
+    assert "not an AR model" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(tmp_path / "ar"), *common]) == 0
     out = capsys.readouterr().out
     assert "AR at step 4" in out and "val NLL" in out and "NELBO" not in out and "bits/byte" in out
