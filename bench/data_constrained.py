@@ -3,8 +3,12 @@
 Issue 28; Prabhudesai et al. 2025 (arXiv 2507.15857) report that masked diffusion keeps gaining from
 repeated data long after an autoregressive model has stopped. This script measures it on a CPU.
 
-    python bench/data_constrained.py                          # the committed run (bench/data_constrained.json)
+    OMP_NUM_THREADS=1 python bench/data_constrained.py        # the committed run: about 40 CPU minutes, one thread
     python bench/data_constrained.py --quick                  # a miniature of it, seconds (tests, notebook 08)
+
+The results file (bench/data_constrained.json) holds every model's per-window nats at every validation
+epoch, and is rewritten after each model, so an interrupted run keeps what it finished. curves(),
+paired_table(), crossover() and summary() read it (notebook 08 plots and prints them).
 
 The data: the first `train_chars` characters of data/shakespeare.txt are the training text (a tokenizer is
 trained on them alone); validation is the course's fixed split, the last 5% of the corpus, scored on n

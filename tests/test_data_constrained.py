@@ -31,8 +31,8 @@ def _windows(n: int, seed: int = 0):
 def _jackknife_se(nats_m, b_m, nats_a, b_a) -> float:
     """The leave-one-window-out jackknife standard error of bpb(m) - bpb(a): a slow, assumption-free reference."""
     ln2, n = math.log(2), len(nats_m)
-    d = [(nats_m.sum() - nats_m[i]) / ln2 / (b_m.sum() - b_m[i]) - (nats_a.sum() - nats_a[i]) / ln2 / (b_a.sum() - b_a[i])
-         for i in range(n)]
+    d = [(nats_m.sum() - nats_m[i]) / ln2 / (b_m.sum() - b_m[i])
+         - (nats_a.sum() - nats_a[i]) / ln2 / (b_a.sum() - b_a[i]) for i in range(n)]
     d = torch.stack(d)
     return float(((n - 1) / n * ((d - d.mean()) ** 2).sum()).sqrt())
 
@@ -100,7 +100,8 @@ def test_window_nats_add_up_to_evaluate(objective, data, byte_tok):
 
 
 def _fake_results(diffs_by_epoch):
-    """A results dict of an AR twin and an MDLM (one seed, two windows of one byte) whose seed-mean difference follows diffs_by_epoch."""
+    """A results dict of an AR twin and an MDLM (one seed, two windows of one byte each) whose difference
+    in bits/byte follows diffs_by_epoch, one entry per epoch 2, 4, ..."""
     epochs = list(range(2, 2 * len(diffs_by_epoch) + 1, 2))
     ln2 = math.log(2)
     ar = [[ln2 * 2.0, ln2 * 2.0] for _ in epochs]                                         # 2 windows, 1 byte each
@@ -158,7 +159,7 @@ def test_a_miniature_run_gives_curves_of_the_right_shape(tmp_path):
     for name in dc.MODELS:
         assert sorted(res["runs"][name]) == ["0", "1"]
         for run in res["runs"][name].values():
-            expected = 1 if name == "mdlm_warm" else 2                                     # warm: only after its AR stage
+            expected = 1 if name == "mdlm_warm" else 2                       # warm: only after its AR stage
             assert len(run["window_nats"]) == len(run["train_loss"]) == expected
             assert all(len(c) == 6 and all(math.isfinite(x) and x > 0 for x in c) for c in run["window_nats"])
     assert res["runs"]["mdlm_warm"]["0"]["epochs"] == [4] and res["runs"]["mdlm_warm"]["0"]["ar_stage_bpb"] > 0
@@ -167,7 +168,8 @@ def test_a_miniature_run_gives_curves_of_the_right_shape(tmp_path):
     assert [r["epoch"] for r in dc.paired_table(res, "mdlm_warm")] == [4]
     lines = []
     dc.summary(res, say=lines.append)
-    assert sum("best at epoch" in line for line in lines) == 3 and sum("the curves cross" in line for line in lines) == 2
+    assert sum("best at epoch" in line for line in lines) == 3
+    assert sum("the curves cross" in line for line in lines) == 2
     assert sum("AR stage alone (2 epochs" in line for line in lines) == 1
     assert list(tmp_path.iterdir()) == []                                                 # the checkpoints are gone
 
